@@ -1,0 +1,420 @@
+"""Recipes: one YAML file that says which features, tasks, model and training options to use.
+
+Every part of the product reads the same validated `Recipe`. A wrong recipe fails at load with a
+`RecipeError` whose message names the field's path (``features.3.hash_size``) and what was
+expected, so a user never meets a KeyError deep inside training.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the field path and what was expected."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos far more often than intent: reject them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+
+class DenseStats(_Strict):
+    """Standardisation statistics of a dense feature, measured on training data (after log)."""
+
+    mean: float
+    std: float = Field(gt=0)
+
+
+class FeatureSpec(_Strict):
+    """One input feature.
+
+    kinds:
+      id        one categorical value per row (int or string), pooled into one embedding
+      multi_id  a list of categorical values per row, pooled (sum/mean) into one embedding
+      sequence  a behaviour sequence (list, newest first), kept unpooled for attention;
+                truncated to ``max_len``
+      dense     a float
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: Literal["id", "multi_id", "sequence", "dense"]
+    column: str | None = Field(default=None, description="Parquet column; defaults to `name`.")
+    group: Literal["user", "item", "context"] = "user"
+    # --- categorical ---
+    value_type: Literal["int", "string"] = "int"
+    table: str | None = Field(
+        default=None,
+        description="Embedding table name; features naming the same table share rows "
+        "(e.g. clicked_items shares the creative_id table). Defaults to the feature name.",
+    )
+    hash_size: int | None = Field(default=None, ge=2, description="Rows in the table, row 0 reserved.")
+    vocabulary: list[int] | list[str] | None = Field(
+        default=None, description="Explicit vocabulary: values outside it map to the reserved row 0."
+    )
+    embedding_dim: int | None = Field(default=None, ge=1)
+    pooling: Literal["sum", "mean"] = "sum"
+    max_len: int | None = Field(default=None, ge=1, description="Truncation length of list features.")
+    # --- dense ---
+    default: float = Field(default=0.0, description="Value used for missing, NaN and inf.")
+    log: bool = Field(default=False, description="Apply sign(x) * log1p(|x|) before standardising.")
+    clip: float | None = Field(default=None, gt=0, description="Clip |x| after standardising.")
+    stats: DenseStats | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.name
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.kind != "dense"
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> FeatureSpec:
+        if self.kind == "dense":
+            for f in ("hash_size", "vocabulary", "embedding_dim", "max_len", "table"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"`{f}` applies to categorical features, not to kind 'dense'")
+            return self
+        if self.hash_size is None and self.vocabulary is None:
+            raise ValueError(f"a '{self.kind}' feature needs `hash_size` or `vocabulary`")
+        if self.embedding_dim is None:
+            raise ValueError(f"a '{self.kind}' feature needs `embedding_dim`")
+        if self.kind in ("multi_id", "sequence") and self.max_len is None:
+            raise ValueError(f"a '{self.kind}' feature needs `max_len`")
+        if self.kind == "id" and self.max_len is not None:
+            raise ValueError("`max_len` applies to multi_id and sequence features")
+        if self.vocabulary is not None:
+            if len(set(self.vocabulary)) != len(self.vocabulary):
+                raise ValueError("`vocabulary` has duplicate values")
+            want = str if self.value_type == "string" else int
+            if not all(isinstance(v, want) and not isinstance(v, bool) for v in self.vocabulary):
+                raise ValueError(f"`vocabulary` values must be {self.value_type}s (value_type)")
+        return self
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of this feature's table, including the reserved row 0."""
+        if self.vocabulary is not None:
+            return len(self.vocabulary) + 1
+        assert self.hash_size is not None
+        return self.hash_size
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+class TaskSpec(_Strict):
+    """One prediction task.
+
+    binary  a probability with a logistic head. ``label`` is a column, or a list of columns whose
+            product is the label (ESMM's CTCVR label is click AND conversion).
+            ``product_of`` makes a derived task with no head of its own: its probability is the
+            product of other tasks' probabilities (``ctcvr = ctr * cvr``), and its loss is what trains
+            them; ESMM trains CVR over all impressions this way.
+            ``eval_on`` restricts evaluation rows (CVR is evaluated on clicked rows only).
+    hazard  a discrete-time hazard over ``grid`` (interval boundaries t_0 < ... < t_L in ``unit``),
+            labelled by ``interval_column`` (0-based interval of the event or censoring) and
+            ``event_column`` (1 = event, 0 = censored), rows weighted by ``weight_column``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: Literal["binary", "hazard"]
+    loss_weight: float = Field(default=1.0, ge=0)
+    category: str | None = Field(default=None, description="Meta-category for HoME's hierarchy.")
+    oracle: str | None = Field(default=None, description="Oracle column prefix; default oracle_<name>.")
+    # --- binary ---
+    label: str | list[str] | None = None
+    product_of: list[str] | None = None
+    eval_on: str | None = None
+    # --- hazard ---
+    grid: list[float] | None = None
+    unit: Literal["days", "weeks", "hours"] = "days"
+    interval_column: str | None = None
+    event_column: str | None = None
+    weight_column: str | None = None
+
+    @property
+    def oracle_prefix(self) -> str:
+        return self.oracle or f"oracle_{self.name}"
+
+    @property
+    def label_columns(self) -> list[str]:
+        if self.kind == "hazard":
+            return [c for c in (self.interval_column, self.event_column, self.weight_column) if c]
+        if self.label is None:
+            return []
+        return [self.label] if isinstance(self.label, str) else list(self.label)
+
+    @property
+    def num_intervals(self) -> int:
+        assert self.grid is not None
+        return len(self.grid) - 1
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> TaskSpec:
+        if self.kind == "binary":
+            for f in ("grid", "interval_column", "event_column", "weight_column"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"`{f}` applies to hazard tasks, not to kind 'binary'")
+            if self.label is None:
+                raise ValueError("a binary task needs `label` (a column or a list of columns)")
+            if self.product_of is not None and len(self.product_of) < 2:
+                raise ValueError("`product_of` needs at least two tasks")
+            return self
+        for f in ("label", "product_of", "eval_on"):
+            if getattr(self, f) is not None:
+                raise ValueError(f"`{f}` applies to binary tasks, not to kind 'hazard'")
+        if self.grid is None or len(self.grid) < 2:
+            raise ValueError("a hazard task needs `grid`: at least two increasing boundaries")
+        if any(b <= a for a, b in zip(self.grid, self.grid[1:], strict=False)):
+            raise ValueError("`grid` boundaries must be strictly increasing")
+        if self.interval_column is None or self.event_column is None:
+            raise ValueError("a hazard task needs `interval_column` and `event_column`")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Models (the options are read by recsys_mtl.models; defaults marked "choice" follow METHODS.md)
+# --------------------------------------------------------------------------------------------
+
+
+class _ModelBase(_Strict):
+    bottom_hidden: list[int] = Field(default_factory=list, description="Shared MLP before the backbone.")
+    tower_hidden: list[int] = Field(default_factory=lambda: [64])
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class SharedBottomOptions(_ModelBase):
+    type: Literal["shared_bottom"] = "shared_bottom"
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+
+
+class MMoEOptions(_ModelBase):
+    type: Literal["mmoe"] = "mmoe"
+    num_experts: int = Field(default=4, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+class PLEOptions(_ModelBase):
+    type: Literal["ple"] = "ple"
+    num_levels: int = Field(default=2, ge=1)
+    specific_experts: int = Field(default=1, ge=1)
+    shared_experts: int = Field(default=2, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+class HoMEOptions(_ModelBase):
+    type: Literal["home"] = "home"
+    expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    shared_experts: int = Field(default=2, ge=1)
+    category_experts: int = Field(default=1, ge=0)
+    task_experts: int = Field(default=1, ge=0)
+    # fix 1, expert collapse: norm + Swish after each expert (choice: batch norm by default)
+    expert_norm: Literal["batch", "layer", "none"] = "batch"
+    # fix 2, expert degradation: the two-level hierarchy over task categories
+    hierarchy: bool = True
+    # fix 3, expert underfitting: feature-gate (low rank r) and self-gate
+    feature_gate: bool = True
+    feature_gate_rank: int = Field(default=8, ge=1)
+    self_gate: bool = True
+
+
+class DTRNOptions(_ModelBase):
+    type: Literal["dtrn"] = "dtrn"
+    task_embedding_dim: int = Field(default=8, ge=1)
+    attention_hidden: int = Field(default=32, ge=1)
+    senet_reduction: int = Field(default=2, ge=1)
+    with_mmoe: bool = False
+    num_experts: int = Field(default=4, ge=1)
+    expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+
+ModelSpec = Annotated[
+    SharedBottomOptions | MMoEOptions | PLEOptions | HoMEOptions | DTRNOptions,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["adam", "adagrad", "sgd", "rowwise_adagrad", "adamw"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class TrainingSpec(_Strict):
+    batch_size: int = Field(default=2048, ge=1)
+    epochs: int = Field(default=1, ge=1)
+    dense_optimizer: OptimizerSpec = Field(default_factory=lambda: OptimizerSpec(name="adam", lr=1e-3))
+    sparse_optimizer: OptimizerSpec = Field(
+        default_factory=lambda: OptimizerSpec(name="rowwise_adagrad", lr=0.05)
+    )
+    # gloo (CPU) lacks reduce-scatter, so row-wise sharding is only allowed on NCCL.
+    sharding_types: list[Literal["table_wise", "data_parallel", "row_wise", "column_wise"]] = Field(
+        default_factory=lambda: ["table_wise", "data_parallel"]
+    )
+    shuffle_buffer: int = Field(default=100_000, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=1000, ge=1, description="Steps between checkpoints.")
+    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class DataSpec(_Strict):
+    """Columns that are not features or task labels but that the pipeline needs."""
+
+    user_column: str = Field(default="user_id", description="GAUC groups and the A/B unit.")
+    item_column: str = Field(default="creative_id", description="Per-creative survival evaluation.")
+    partition: str = Field(default="dt", description="Hive partition key of the day directories.")
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    features: list[FeatureSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: ModelSpec = Field(default_factory=MMoEOptions)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, v: list[FeatureSpec]) -> list[FeatureSpec]:
+        dup = [n for n, c in Counter(f.name for f in v).items() if c > 1]
+        if dup:
+            raise ValueError(f"duplicate feature names: {dup}")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, v: list[TaskSpec]) -> list[TaskSpec]:
+        dup = [n for n, c in Counter(t.name for t in v).items() if c > 1]
+        if dup:
+            raise ValueError(f"duplicate task names: {dup}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_cross_references(self) -> Recipe:
+        # Features sharing a table must agree on its shape, or their rows would not line up.
+        tables: dict[str, FeatureSpec] = {}
+        for f in self.sparse_features:
+            first = tables.setdefault(f.table_name, f)
+            for attr in ("num_rows", "embedding_dim", "value_type"):
+                if getattr(first, attr) != getattr(f, attr):
+                    raise ValueError(
+                        f"features '{first.name}' and '{f.name}' share table '{f.table_name}' "
+                        f"but differ in {attr}: {getattr(first, attr)} vs {getattr(f, attr)}"
+                    )
+            if first.vocabulary != f.vocabulary:
+                raise ValueError(f"features sharing table '{f.table_name}' must share `vocabulary`")
+        names = {t.name for t in self.tasks}
+        for t in self.tasks:
+            for dep in t.product_of or []:
+                if dep not in names or dep == t.name:
+                    raise ValueError(f"task '{t.name}': product_of names unknown task '{dep}'")
+                if self.task(dep).kind != "binary" or self.task(dep).product_of:
+                    raise ValueError(f"task '{t.name}': product_of '{dep}' must be a binary task with a head")
+        if not any(not t.product_of for t in self.tasks):
+            raise ValueError("at least one task must have a head of its own (no product_of)")
+        return self
+
+    # ---- convenience views ----
+    @property
+    def sparse_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.is_sparse]
+
+    @property
+    def pooled_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind in ("id", "multi_id")]
+
+    @property
+    def sequence_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind == "sequence"]
+
+    @property
+    def dense_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind == "dense"]
+
+    @property
+    def head_tasks(self) -> list[TaskSpec]:
+        """Tasks with a head of their own (derived `product_of` tasks have none)."""
+        return [t for t in self.tasks if not t.product_of]
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def label_columns(self) -> list[str]:
+        """Every column a task reads (labels, events, weights, eval filters), deduplicated."""
+        cols: list[str] = []
+        for t in self.tasks:
+            for c in [*t.label_columns, *([t.eval_on] if t.eval_on else [])]:
+                if c not in cols:
+                    cols.append(c)
+        return cols
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {path}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: Any, source: str = "<dict>") -> Recipe:
+    """Validate a parsed recipe; raise RecipeError naming every bad field's path."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"invalid recipe {source}: expected a mapping at the top level")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, source)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a YAML recipe file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
+    return recipe_from_dict(data, str(p))
