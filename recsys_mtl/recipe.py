@@ -85,6 +85,8 @@ class FeatureSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> FeatureSpec:
+        if self.source.startswith("oracle_"):
+            raise ValueError("oracle_* columns are ground truth for evaluation, never features")
         if self.kind == "dense":
             for f in ("hash_size", "vocabulary", "embedding_dim", "max_len", "table"):
                 if getattr(self, f) is not None:

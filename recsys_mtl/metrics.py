@@ -1,0 +1,102 @@
+"""Ranking, calibration and survival metrics, vectorised over numpy arrays.
+
+- AUC: Mann-Whitney with average ranks for ties (equals scikit-learn's roc_auc_score).
+- GAUC: AUC per group (user) weighted by the group's rows; groups with one class are skipped
+  (METHODS.md, Metrics).
+- logloss, ECE (equal-width bins, weighted by bin size) and the predicted/observed ratio.
+- Harrell's C-index: a pair (i, j) is comparable when T_i < T_j and i had the event; concordant
+  when risk_i > risk_j; ties in risk count one half (METHODS.md, Discrete-time hazard).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _tie_averaged_ranks(score: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of `score` within each group (ties averaged) and the order they refer to."""
+    order = np.lexsort((score, group))
+    g, s = group[order], score[order]
+    n = len(s)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    pos = np.arange(n) - group_start  # 0-based position inside the group
+    new_run = new_group | np.r_[True, s[1:] != s[:-1]]
+    run_id = np.cumsum(new_run) - 1
+    run_mean = np.bincount(run_id, weights=pos) / np.bincount(run_id)
+    return run_mean[run_id] + 1.0, order
+
+
+def grouped_auc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: AUC (NaN where the group has one class) and the group's row count."""
+    score = np.asarray(score, dtype=np.float64)
+    label = np.asarray(label) > 0
+    _, gid = np.unique(np.asarray(group), return_inverse=True)
+    ranks, order = _tie_averaged_ranks(score, gid)
+    g, y = gid[order], label[order]
+    n = np.bincount(g).astype(np.float64)
+    n_pos = np.bincount(g, weights=y.astype(np.float64))
+    n_neg = n - n_pos
+    rank_sum = np.bincount(g, weights=ranks * y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc, n
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    a, _ = grouped_auc(score, label, np.zeros(len(score), np.int64))
+    return float(a[0]) if len(a) else float("nan")
+
+
+def gauc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> float:
+    """Group AUC: per-group AUC averaged with the group's row count as weight."""
+    a, n = grouped_auc(score, label, group)
+    ok = ~np.isnan(a)
+    return float((a[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
+
+
+def logloss(prob: np.ndarray, label: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(prob, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(label, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(p) else float("nan")
+
+
+def calibration(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> dict[str, float]:
+    """Expected calibration error (equal-width bins) and mean predicted / observed rate."""
+    p = np.asarray(prob, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    if len(p) == 0:
+        return {"ece": float("nan"), "pred_obs_ratio": float("nan")}
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    cnt = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, p, bins) - np.bincount(b, y, bins))  # |sum p - sum y| per bin
+    obs = y.mean()
+    return {
+        "ece": float(gap.sum() / len(p)),
+        "pred_obs_ratio": float(p.mean() / obs) if obs > 0 else float("nan"),
+        "nonempty_bins": int((cnt > 0).sum()),
+    }
+
+
+def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's concordance index (ties in risk count 1/2; ties in time are not comparable).
+
+    Cost O(U * n log n) for U distinct event times: meant for discrete-time grids (U = intervals).
+    """
+    t = np.asarray(time, dtype=np.float64)
+    d = np.asarray(event) > 0
+    r = np.asarray(risk, dtype=np.float64)
+    concordant = 0.0
+    comparable = 0.0
+    for u in np.unique(t[d]):
+        later = np.sort(r[t > u])
+        if len(later) == 0:
+            continue
+        ri = r[d & (t == u)]
+        below = np.searchsorted(later, ri, side="left")
+        tied = np.searchsorted(later, ri, side="right") - below
+        concordant += below.sum() + 0.5 * tied.sum()
+        comparable += len(ri) * len(later)
+    return float(concordant / comparable) if comparable else float("nan")

@@ -1,0 +1,166 @@
+"""The Parquet reader: day partitions -> batches of (KJT, dense, targets) for training and evaluation.
+
+- Which data: the days in [start, end] under `DATA/dt=YYYY-MM-DD/`, every file checked against the
+  recipe before the first batch (`recsys_mtl.dataset`).
+- Which rows for this process: the work unit is a Parquet row group; rank r of w takes units
+  r, r + w, r + 2w, ... of the sorted list, so ranks read disjoint rows without coordination.
+- Shuffling (seedable): the unit order is permuted per epoch, then rows are shuffled inside a
+  window of `shuffle_buffer` rows (a block shuffle: memory stays bounded by the window, and rows
+  from different files and days mix). `shuffle_buffer=0` reads in storage order.
+- What is read: the recipe's feature and label columns plus `extra_columns` asked for by the caller
+  (user ids for GAUC, `oracle_*` for evaluation). Features only ever come from the recipe's feature
+  columns, and the recipe refuses an `oracle_*` column as a feature.
+
+Batches go through the one `FeatureTransform`, the same the server uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_mtl.dataset import DataError, ParquetFileInfo, inspect_partitions
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.targets import Targets, targets_from_table
+from recsys_mtl.transform import FeatureBatch, FeatureTransform
+
+
+@dataclass
+class Batch:
+    features: FeatureBatch
+    targets: Targets
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.features.batch_size
+
+
+def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column as numpy; fixed-length list columns (oracle hazards) become 2-D arrays."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        lengths = col.value_lengths().to_numpy(zero_copy_only=False)
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        if len(col) and (lengths == lengths[0]).all():
+            return flat.reshape(len(col), int(lengths[0]))
+        return np.array(np.split(flat, np.cumsum(lengths)[:-1]), dtype=object)
+    return col.to_numpy(zero_copy_only=False)
+
+
+class ParquetReader:
+    """Iterates `Batch`es (or raw `pa.Table` batches with `iter_tables`) over a date range."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        data_dir: str | Path,
+        *,
+        start: str | dt.date | None = None,
+        end: str | dt.date | None = None,
+        transform: FeatureTransform | None = None,
+        batch_size: int | None = None,
+        shuffle_buffer: int | None = None,
+        seed: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        extra_columns: Sequence[str] = (),
+        drop_last: bool = False,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.recipe = recipe
+        self.transform = transform or FeatureTransform.from_recipe(recipe)
+        self.batch_size = batch_size or recipe.training.batch_size
+        self.shuffle_buffer = recipe.training.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
+        self.seed = recipe.training.seed if seed is None else seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.extra_columns = list(extra_columns)
+        self.files: list[ParquetFileInfo] = inspect_partitions(recipe, data_dir, start, end, extra_columns)
+        self.columns = list(
+            dict.fromkeys([*self.transform.input_columns, *recipe.label_columns(), *self.extra_columns])
+        )
+        units = [(info, rg) for info in self.files for rg in range(info.num_row_groups)]
+        if len(units) < world_size:
+            raise DataError(
+                f"{len(units)} row groups cannot be split over {world_size} ranks; "
+                "write smaller row groups or use fewer ranks",
+                data_dir,
+            )
+        self.units = units[rank::world_size]
+        self.epoch = 0
+
+    @property
+    def num_rows(self) -> int:
+        """Rows this rank reads per epoch."""
+        return sum(info.row_group_rows[rg] for info, rg in self.units)
+
+    @property
+    def days(self) -> list[dt.date]:
+        return sorted({info.day for info in self.files})
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle differently for each epoch (same seed + epoch + rank -> same order)."""
+        self.epoch = epoch
+
+    def _read_unit(self, info: ParquetFileInfo, rg: int) -> pa.Table:
+        try:
+            return pq.ParquetFile(info.path).read_row_group(rg, columns=self.columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"cannot read row group {rg} ({e})", info.path) from None
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Batches of raw rows (`batch_size` each; the last one shorter unless `drop_last`)."""
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        shuffle = self.shuffle_buffer > 0
+        order = rng.permutation(len(self.units)) if shuffle else np.arange(len(self.units))
+        window = max(self.shuffle_buffer, self.batch_size)
+        bs = self.batch_size
+        buf: list[pa.Table] = []
+        buf_rows = 0
+
+        def drain(final: bool) -> Iterator[pa.Table]:
+            nonlocal buf, buf_rows
+            table = pa.concat_tables(buf) if len(buf) > 1 else buf[0]
+            if shuffle:
+                table = table.take(rng.permutation(table.num_rows))
+            full = table.num_rows // bs * bs
+            for i in range(0, full, bs):
+                yield table.slice(i, bs)
+            rest = table.slice(full)
+            if final:
+                if rest.num_rows and not self.drop_last:
+                    yield rest
+                buf, buf_rows = [], 0
+            else:
+                buf, buf_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+        for i in order:
+            info, rg = self.units[int(i)]
+            t = self._read_unit(info, rg)
+            buf.append(t)
+            buf_rows += t.num_rows
+            if buf_rows >= (window if shuffle else bs):
+                yield from drain(final=False)
+        if buf_rows:
+            yield from drain(final=True)
+
+    def to_batch(self, table: pa.Table) -> Batch:
+        """Raw rows -> model inputs, targets and the requested extra columns."""
+        return Batch(
+            features=self.transform(table),
+            targets=targets_from_table(self.recipe, table),
+            extras={c: column_to_numpy(table.column(c)) for c in self.extra_columns},
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        for table in self.iter_tables():
+            yield self.to_batch(table)

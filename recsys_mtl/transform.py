@@ -1,0 +1,254 @@
+"""The feature transform: raw columns -> (TorchRec KeyedJaggedTensor, dense tensor).
+
+This is the ONE place where raw values become model inputs. The offline reader and the scoring
+server both call `FeatureTransform.__call__`, and the exported manifest carries `spec()` so the
+server rebuilds the identical transform without the recipe file or any training code.
+
+Rules (DESIGN.md, data contract):
+- categorical values are hashed by `recsys_mtl.hashing` (stable across processes); a feature with
+  an explicit `vocabulary` maps values by position instead. Missing and out-of-vocabulary values
+  map to the reserved row 0.
+- `multi_id` and `sequence` lists are truncated to `max_len` (the first `max_len` values: sequences
+  are stored newest first). They stay jagged in the KJT; models that need a fixed length pad there.
+  A null list is an empty list; a null element inside a list maps to row 0.
+- dense values: missing, NaN and +-inf become the feature's `default`; then optional signed log1p,
+  standardisation with stored statistics, and clipping. Nothing non-finite reaches the model.
+
+All work is columnar (pyarrow compute + numpy); there is no Python loop over rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.hashing import hash_ints, hash_strings, salt_for, to_rows
+from recsys_mtl.recipe import DenseStats, FeatureSpec, Recipe
+
+SPEC_VERSION = 1
+
+Columns = pa.Table | pa.RecordBatch | Mapping[str, Any]
+
+
+class TransformError(ValueError):
+    """Raw input that cannot be transformed; `field` names the offending feature column."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class FeatureBatch:
+    """Model inputs for a batch of rows: sparse ids (KJT keyed by feature name) and dense floats."""
+
+    sparse: KeyedJaggedTensor
+    dense: torch.Tensor  # [batch, num_dense] float32
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.dense.shape[0])
+
+
+def _column(columns: Columns, name: str) -> pa.Array:
+    """Fetch one column as a single contiguous pyarrow Array."""
+    if isinstance(columns, pa.Table | pa.RecordBatch):
+        if name not in columns.schema.names:
+            raise TransformError(name, "missing column")
+        col = columns.column(name)
+    else:
+        if name not in columns:
+            raise TransformError(name, "missing column")
+        col = columns[name]
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    elif not isinstance(col, pa.Array):
+        try:
+            col = pa.array(col)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise TransformError(name, f"cannot read values: {e}") from None
+    return col
+
+
+def _num_rows(columns: Columns) -> int | None:
+    if isinstance(columns, pa.Table | pa.RecordBatch):
+        return columns.num_rows
+    return None
+
+
+class FeatureTransform:
+    """Raw columns -> `FeatureBatch`, for a fixed list of feature specs."""
+
+    def __init__(self, features: Sequence[FeatureSpec]) -> None:
+        self.features: list[FeatureSpec] = list(features)
+        self.sparse_features = [f for f in self.features if f.is_sparse]
+        self.dense_features = [f for f in self.features if not f.is_sparse]
+        self.sparse_keys: list[str] = [f.name for f in self.sparse_features]
+        self.dense_names: list[str] = [f.name for f in self.dense_features]
+        self._salts = {f.name: salt_for(f.table_name) for f in self.sparse_features}
+        self._vocab: dict[str, pa.Array] = {
+            f.name: pa.array(f.vocabulary, type=self._value_arrow_type(f))
+            for f in self.sparse_features
+            if f.vocabulary is not None
+        }
+
+    # ---- construction / serialisation ----
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> FeatureTransform:
+        return cls(recipe.features)
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable description; `from_spec(spec())` rebuilds an identical transform."""
+        return {"version": SPEC_VERSION, "features": [f.model_dump(mode="json") for f in self.features]}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> FeatureTransform:
+        if spec.get("version") != SPEC_VERSION:
+            raise ValueError(f"unsupported transform spec version {spec.get('version')!r}")
+        return cls([FeatureSpec.model_validate(f) for f in spec["features"]])
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(dict.fromkeys(f.source for f in self.features))
+
+    def with_dense_stats(self, stats: Mapping[str, DenseStats]) -> FeatureTransform:
+        """A copy whose dense features standardise with `stats` (name -> mean/std)."""
+        return FeatureTransform(
+            [f.model_copy(update={"stats": stats[f.name]}) if f.name in stats else f for f in self.features]
+        )
+
+    def fit_dense_stats(self, columns: Columns) -> dict[str, DenseStats]:
+        """Mean/std of each dense feature after default-filling and log, measured on `columns`."""
+        out: dict[str, DenseStats] = {}
+        for f in self.dense_features:
+            x = self._dense_raw(f, _column(columns, f.source))
+            std = float(x.std())
+            out[f.name] = DenseStats(mean=float(x.mean()), std=std if std > 1e-12 else 1.0)
+        return out
+
+    # ---- the transform ----
+    def __call__(self, columns: Columns) -> FeatureBatch:
+        n = _num_rows(columns)
+        values: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        for f in self.sparse_features:
+            col = _column(columns, f.source)
+            n = self._check_len(f, col, n)
+            v, ln = self._sparse(f, col)
+            values.append(v)
+            lengths.append(ln)
+        dense_cols: list[np.ndarray] = []
+        for f in self.dense_features:
+            col = _column(columns, f.source)
+            n = self._check_len(f, col, n)
+            dense_cols.append(self._dense(f, col))
+        if n is None:
+            raise TransformError("(batch)", "no feature columns given")
+        dense = np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)
+        sparse = KeyedJaggedTensor(
+            keys=self.sparse_keys,
+            values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
+            lengths=torch.from_numpy(
+                np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)
+            ),
+            stride=n,
+        )
+        return FeatureBatch(sparse=sparse, dense=torch.from_numpy(dense.astype(np.float32, copy=False)))
+
+    @staticmethod
+    def _check_len(f: FeatureSpec, col: pa.Array, n: int | None) -> int:
+        if n is not None and len(col) != n:
+            raise TransformError(f.source, f"has {len(col)} values, expected {n} (one per row)")
+        return len(col)
+
+    # ---- categorical ----
+    @staticmethod
+    def _value_arrow_type(f: FeatureSpec) -> pa.DataType:
+        return pa.string() if f.value_type == "string" else pa.int64()
+
+    def _sparse(self, f: FeatureSpec, col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and per-row lengths of one categorical feature."""
+        if f.kind == "id":
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+                raise TransformError(f.source, "expected one value per row, got a list")
+            return self._rows(f, col), np.ones(len(col), np.int32)
+        if pa.types.is_null(col.type):  # an all-null column: every list is empty
+            return np.zeros(0, np.int64), np.zeros(len(col), np.int32)
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            raise TransformError(f.source, f"expected a list of values per row, got {col.type}")
+        assert f.max_len is not None
+        sliced = pc.list_slice(col, 0, f.max_len)
+        ln = pc.list_value_length(sliced).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)
+        return self._rows(f, sliced.flatten()), ln
+
+    def _rows(self, f: FeatureSpec, vals: pa.Array) -> np.ndarray:
+        """Embedding rows of flat categorical values: hashed or by vocabulary, nulls -> row 0."""
+        vals = self._as_value_type(f, vals)
+        if f.vocabulary is not None:
+            idx = pc.index_in(vals, value_set=self._vocab[f.name])
+            return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        if f.value_type == "string":
+            h = hash_strings(vals, self._salts[f.name])
+        else:
+            h = hash_ints(vals.fill_null(0).to_numpy(zero_copy_only=False), self._salts[f.name])
+        rows = to_rows(h, f.num_rows)
+        if vals.null_count:
+            rows[pc.is_null(vals).to_numpy(zero_copy_only=False)] = 0
+        return rows
+
+    @staticmethod
+    def _as_value_type(f: FeatureSpec, vals: pa.Array) -> pa.Array:
+        t = vals.type
+        if pa.types.is_null(t):
+            return pa.nulls(len(vals), FeatureTransform._value_arrow_type(f))
+        if f.value_type == "string":
+            if pa.types.is_string(t) or pa.types.is_large_string(t):
+                return vals
+            if pa.types.is_integer(t):  # ids often arrive as numbers; "42" and 42 are one value
+                return vals.cast(pa.string())
+            raise TransformError(f.source, f"expected string ids, got {t}")
+        if pa.types.is_integer(t):
+            return vals.cast(pa.int64())
+        if pa.types.is_floating(t):
+            # Integral floats are ids that went through a float column (e.g. with nulls in pandas).
+            x = vals.to_numpy(zero_copy_only=False)
+            ok = np.isnan(x) | (np.isfinite(x) & (x == np.round(x)))
+            if not ok.all():
+                raise TransformError(f.source, "expected integer ids, got non-integral numbers")
+            return pc.cast(vals, pa.int64(), safe=False)
+        raise TransformError(f.source, f"expected integer ids, got {t}")
+
+    # ---- dense ----
+    @staticmethod
+    def _dense_raw(f: FeatureSpec, col: pa.Array) -> np.ndarray:
+        """Finite float64 values after default-filling and the optional log."""
+        t = col.type
+        if not (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_null(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_decimal(t)
+        ):
+            raise TransformError(f.source, f"expected numbers, got {t}")
+        x = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        x = np.where(np.isfinite(x), x, f.default)  # nulls arrive as NaN
+        if f.log:
+            x = np.sign(x) * np.log1p(np.abs(x))
+        return x
+
+    def _dense(self, f: FeatureSpec, col: pa.Array) -> np.ndarray:
+        x = self._dense_raw(f, col)
+        if f.stats is not None:
+            x = (x - f.stats.mean) / f.stats.std
+        if f.clip is not None:
+            x = np.clip(x, -f.clip, f.clip)
+        return x.astype(np.float32)

@@ -1,0 +1,168 @@
+"""The Parquet reader: same tensors as the transform on the same rows, seedable shuffling, rank
+splits, date ranges, and a clear error naming the file and column for every kind of bad file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recsys_mtl.dataset import DataError
+from recsys_mtl.reader import ParquetReader
+from recsys_mtl.targets import targets_from_table
+from recsys_mtl.transform import FeatureTransform
+from tests.conftest import write_days
+
+
+def kjt_dict(fb) -> dict[str, tuple[list[int], list[int]]]:
+    return {k: (jt.values().tolist(), jt.lengths().tolist()) for k, jt in fb.sparse.to_dict().items()}
+
+
+def collect(reader: ParquetReader) -> pa.Table:
+    return pa.concat_tables(list(reader.iter_tables()))
+
+
+def test_reader_tensors_match_the_transform(recipe, raw_table, data_dir) -> None:
+    reader = ParquetReader(recipe, data_dir, batch_size=300, shuffle_buffer=0)
+    batches = list(reader)
+    assert [b.num_rows for b in batches] == [300] * 6 + [200]
+    t = FeatureTransform.from_recipe(recipe)
+    offset = 0
+    for b in batches:
+        rows = raw_table.slice(offset, b.num_rows)  # no shuffle: storage order = table order
+        want = t(rows)
+        assert kjt_dict(b.features) == kjt_dict(want)
+        assert torch.equal(b.features.dense, want.dense)
+        tg = targets_from_table(recipe, rows)
+        for name in tg.labels:
+            assert torch.equal(b.targets.labels[name], tg.labels[name])
+            assert torch.equal(b.targets.weights[name], tg.weights[name])
+        offset += b.num_rows
+    assert offset == raw_table.num_rows
+
+
+def test_targets(recipe, raw_table) -> None:
+    tg = targets_from_table(recipe, raw_table)
+    click = raw_table.column("click").to_numpy()
+    conv = raw_table.column("conversion").to_numpy()
+    assert torch.equal(tg.labels["ctcvr"], torch.from_numpy((click * conv).astype(np.float32)))
+    assert torch.equal(tg.eval_mask["cvr"], torch.from_numpy(click > 0))  # CVR evaluated on clicks
+    assert tg.eval_mask["ctr"].all()
+    w = raw_table.column("hazard_weight").to_numpy()
+    assert torch.allclose(tg.weights["hazard_short"], torch.from_numpy(w))
+    assert tg.labels["hazard_long"].dtype == torch.int64
+
+
+def ids(table: pa.Table) -> list[int]:
+    return table.column("user_id").fill_null(-1).to_pylist()
+
+
+def test_shuffle_is_seeded_complete_and_changes_per_epoch(recipe, raw_table, data_dir) -> None:
+    def read(seed: int, epoch: int) -> list[int]:
+        r = ParquetReader(recipe, data_dir, batch_size=128, shuffle_buffer=700, seed=seed)
+        r.set_epoch(epoch)
+        return ids(collect(r))
+
+    a, b = read(1, 0), read(1, 0)
+    assert a == b
+    assert sorted(a) == sorted(ids(raw_table)) and a != ids(raw_table)
+    assert read(1, 1) != a and read(2, 0) != a
+
+
+def test_ranks_split_rows_disjointly(recipe, raw_table, data_dir) -> None:
+    parts = [
+        collect(ParquetReader(recipe, data_dir, batch_size=100, shuffle_buffer=0, rank=r, world_size=3))
+        for r in range(3)
+    ]
+    assert sorted(i for p in parts for i in ids(p)) == sorted(ids(raw_table))
+    sizes = [p.num_rows for p in parts]
+    assert min(sizes) > 0 and max(sizes) - min(sizes) <= 256  # at most one row group apart
+    reader = ParquetReader(recipe, data_dir, shuffle_buffer=0, rank=1, world_size=3)
+    assert reader.num_rows == parts[1].num_rows
+
+
+def test_date_range_and_extra_columns(recipe, raw_table, data_dir) -> None:
+    r = ParquetReader(
+        recipe, data_dir, start="2026-01-02", end="2026-01-02", shuffle_buffer=0, extra_columns=["oracle_ctr"]
+    )
+    assert [d.isoformat() for d in r.days] == ["2026-01-02"]
+    t = collect(r)
+    assert t.num_rows == 666  # np.array_split of 2000 rows into 6 files: 334, 334, 333, ...
+    assert "oracle_ctr" in t.schema.names
+    b = next(iter(r))
+    assert b.extras["oracle_ctr"].shape == (b.num_rows,)
+    # without asking, oracle columns are not even read
+    assert "oracle_ctr" not in collect(ParquetReader(recipe, data_dir, shuffle_buffer=0)).schema.names
+    with pytest.raises(DataError, match="no 'dt=YYYY-MM-DD' partitions between 2027-01-01"):
+        ParquetReader(recipe, data_dir, start="2027-01-01")
+
+
+def test_ignores_marker_files(recipe, data_dir) -> None:
+    (data_dir / "dt=2026-01-01" / "_SUCCESS").write_text("")
+    assert ParquetReader(recipe, data_dir, shuffle_buffer=0).num_rows == 2000
+
+
+def corrupt(data_dir: Path, kind: str) -> tuple[Path, str | None]:
+    """Break one file of day 2 in one way; return the file and the column the error must name."""
+    f = data_dir / "dt=2026-01-02" / "part-00001.parquet"
+    t = pq.read_table(f)
+    if kind == "missing_column":
+        pq.write_table(t.drop_columns(["campaign_id"]), f)
+        return f, "campaign_id"
+    if kind == "wrong_dtype":
+        i = t.schema.get_field_index("bid_price")
+        pq.write_table(t.set_column(i, "bid_price", pa.array(["cheap"] * t.num_rows)), f)
+        return f, "bid_price"
+    if kind == "wrong_list_dtype":
+        i = t.schema.get_field_index("clicked_items")
+        pq.write_table(t.set_column(i, "clicked_items", pa.array([1.5] * t.num_rows)), f)
+        return f, "clicked_items"
+    if kind == "zero_bytes":
+        f.write_bytes(b"")
+        return f, None
+    if kind == "no_rows":
+        pq.write_table(t.slice(0, 0), f)
+        return f, None
+    if kind == "all_null_label":
+        i = t.schema.get_field_index("click")
+        pq.write_table(t.set_column(i, "click", pa.nulls(t.num_rows, pa.int8())), f)
+        return f, "click"
+    if kind == "not_parquet":
+        g = f.with_name("notes.csv")
+        g.write_text("a,b\n1,2\n")
+        return g, None
+    raise AssertionError(kind)
+
+
+BAD = {
+    "missing_column": "missing column",
+    "wrong_dtype": "wrong type string: expected numbers",
+    "wrong_list_dtype": "wrong type double: expected lists of int ids",
+    "zero_bytes": "empty file (0 bytes)",
+    "no_rows": "file has no rows",
+    "all_null_label": "label column is entirely null",
+    "not_parquet": "not a readable Parquet file",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_partition_names_file_and_column(recipe, data_dir, kind) -> None:
+    path, column = corrupt(data_dir, kind)
+    with pytest.raises(DataError) as e:
+        ParquetReader(recipe, data_dir)
+    msg = str(e.value)
+    assert str(path) in msg and BAD[kind] in msg, msg
+    if column:
+        assert f"column '{column}'" in msg
+    # the other days are still usable on their own: nothing was changed by the failed read
+    assert ParquetReader(recipe, data_dir, end="2026-01-01", shuffle_buffer=0).num_rows == 668
+
+
+def test_too_few_row_groups_for_ranks(recipe, tmp_path, raw_table) -> None:
+    d = write_days(tmp_path / "d", raw_table.slice(0, 20), ["2026-01-01"], row_group_size=1000)
+    with pytest.raises(DataError, match="2 row groups cannot be split over 3 ranks"):
+        ParquetReader(recipe, d, world_size=3, rank=0)
