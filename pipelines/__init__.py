@@ -1,0 +1,1 @@
+"""Offline pipelines (the nightly retrain-gate-publish job). Composes recsys_mtl."""

@@ -1,0 +1,58 @@
+"""The real CLI, run as a user runs it (a subprocess of the installed console script)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_mtl.cli import SUBCOMMANDS
+
+BIN = Path(sys.executable).with_name("recsys-mtl")
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def test_help_lists_every_subcommand() -> None:
+    r = cli("--help")
+    assert r.returncode == 0
+    for name in SUBCOMMANDS:
+        assert name in r.stdout
+        sub = cli(name, "--help")
+        assert sub.returncode == 0 and "usage: recsys-mtl " + name in sub.stdout
+
+
+def test_summary_reports_bad_data_by_file_and_column(data_dir: Path) -> None:
+    f = data_dir / "dt=2026-01-02" / "part-00000.parquet"
+    pq.write_table(pq.read_table(f).drop_columns(["hour"]), f)
+    r = cli("summary", "--data", str(data_dir))
+    assert r.returncode == 2
+    assert f"{f} column 'hour': missing column" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_summary_on_good_data(data_dir: Path) -> None:
+    r = cli("summary", "--data", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    assert "rows: 2,000 over 3 day(s)" in r.stdout
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    r = cli("demo", "--out", str(tmp_path / "demo"), "--rows", "30000", "--days", "2")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "rows: 30,000 over 2 day(s)" in out
+    for task in ("ctr", "cvr", "ctcvr", "hazard_short", "hazard_long"):
+        assert task in out
+    auc_lines = [line for line in out.splitlines() if line.startswith("ctr ")]
+    oracle_auc = float(auc_lines[0].split("AUC")[1])
+    assert 0.6 < oracle_auc < 0.95  # the oracle ranks clicks far better than chance
+    assert (tmp_path / "demo" / "data").is_dir()
