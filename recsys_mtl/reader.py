@@ -41,6 +41,13 @@ class Batch:
     def num_rows(self) -> int:
         return self.features.batch_size
 
+    def slice_rows(self, start: int, stop: int) -> Batch:
+        return Batch(
+            features=self.features.slice_rows(start, stop),
+            targets=self.targets.slice_rows(start, stop),
+            extras={k: v[start:stop] for k, v in self.extras.items()},
+        )
+
 
 def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A column as numpy; fixed-length list columns (oracle hazards) become 2-D arrays."""
@@ -57,6 +64,9 @@ def column_to_numpy(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 class ParquetReader:
     """Iterates `Batch`es (or raw `pa.Table` batches with `iter_tables`) over a date range."""
+
+    # rows transformed per call when reading in storage order (a memory/overhead trade-off)
+    STORAGE_ORDER_WINDOW = 65_536
 
     def __init__(
         self,
@@ -117,41 +127,44 @@ class ParquetReader:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"cannot read row group {rg} ({e})", info.path) from None
 
-    def iter_tables(self) -> Iterator[pa.Table]:
-        """Batches of raw rows (`batch_size` each; the last one shorter unless `drop_last`)."""
+    def _windows(self) -> Iterator[pa.Table]:
+        """Windows of rows (shuffled when asked) whose sizes are multiples of `batch_size`, except
+        possibly the last. A window is also the unit the transform runs on: transforming many rows
+        per call amortises the per-call cost of the columnar kernels."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
         shuffle = self.shuffle_buffer > 0
         order = rng.permutation(len(self.units)) if shuffle else np.arange(len(self.units))
-        window = max(self.shuffle_buffer, self.batch_size)
         bs = self.batch_size
+        window = max(self.shuffle_buffer if shuffle else self.STORAGE_ORDER_WINDOW, bs)
         buf: list[pa.Table] = []
         buf_rows = 0
-
-        def drain(final: bool) -> Iterator[pa.Table]:
-            nonlocal buf, buf_rows
-            table = pa.concat_tables(buf) if len(buf) > 1 else buf[0]
-            if shuffle:
-                table = table.take(rng.permutation(table.num_rows))
-            full = table.num_rows // bs * bs
-            for i in range(0, full, bs):
-                yield table.slice(i, bs)
-            rest = table.slice(full)
-            if final:
-                if rest.num_rows and not self.drop_last:
-                    yield rest
-                buf, buf_rows = [], 0
-            else:
-                buf, buf_rows = ([rest] if rest.num_rows else []), rest.num_rows
-
         for i in order:
             info, rg = self.units[int(i)]
             t = self._read_unit(info, rg)
             buf.append(t)
             buf_rows += t.num_rows
-            if buf_rows >= (window if shuffle else bs):
-                yield from drain(final=False)
+            if buf_rows < window:
+                continue
+            table = pa.concat_tables(buf) if len(buf) > 1 else buf[0]
+            if shuffle:
+                table = table.take(rng.permutation(table.num_rows))
+            full = table.num_rows // bs * bs
+            yield table.slice(0, full)
+            rest = table.slice(full)
+            buf, buf_rows = ([rest] if rest.num_rows else []), rest.num_rows
         if buf_rows:
-            yield from drain(final=True)
+            table = pa.concat_tables(buf) if len(buf) > 1 else buf[0]
+            if shuffle:
+                table = table.take(rng.permutation(table.num_rows))
+            keep = table.num_rows // bs * bs if self.drop_last else table.num_rows
+            if keep:
+                yield table.slice(0, keep)
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Batches of raw rows (`batch_size` each; the last one shorter unless `drop_last`)."""
+        for w in self._windows():
+            for i in range(0, w.num_rows, self.batch_size):
+                yield w.slice(i, self.batch_size)
 
     def to_batch(self, table: pa.Table) -> Batch:
         """Raw rows -> model inputs, targets and the requested extra columns."""
@@ -162,5 +175,8 @@ class ParquetReader:
         )
 
     def __iter__(self) -> Iterator[Batch]:
-        for table in self.iter_tables():
-            yield self.to_batch(table)
+        bs = self.batch_size
+        for w in self._windows():
+            big = self.to_batch(w)
+            for i in range(0, big.num_rows, bs):
+                yield big.slice_rows(i, min(i + bs, big.num_rows))

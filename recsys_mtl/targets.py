@@ -28,6 +28,12 @@ class Targets:
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     eval_mask: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def slice_rows(self, start: int, stop: int) -> Targets:
+        def cut(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[start:stop] for k, v in d.items()}
+
+        return Targets(cut(self.labels), cut(self.events), cut(self.weights), cut(self.eval_mask))
+
 
 def _num(table: pa.Table | pa.RecordBatch, col: str) -> tuple[np.ndarray, np.ndarray]:
     """Column as float64 with a validity mask (null or non-finite = invalid)."""

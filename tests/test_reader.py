@@ -166,3 +166,17 @@ def test_too_few_row_groups_for_ranks(recipe, tmp_path, raw_table) -> None:
     d = write_days(tmp_path / "d", raw_table.slice(0, 20), ["2026-01-01"], row_group_size=1000)
     with pytest.raises(DataError, match="2 row groups cannot be split over 3 ranks"):
         ParquetReader(recipe, d, world_size=3, rank=0)
+
+
+def test_shuffled_batches_match_the_transform_of_their_rows(recipe, data_dir) -> None:
+    # Batches are cut from a transformed window (FeatureBatch.slice_rows): each must equal the
+    # transform applied to exactly its own raw rows, across window boundaries too.
+    reader = ParquetReader(recipe, data_dir, batch_size=128, shuffle_buffer=500, seed=3)
+    t = FeatureTransform.from_recipe(recipe)
+    pairs = list(zip(reader, reader.iter_tables(), strict=True))
+    assert len(pairs) == 16
+    for batch, rows in pairs:
+        want = t(rows)
+        assert kjt_dict(batch.features) == kjt_dict(want)
+        assert torch.equal(batch.features.dense, want.dense)
+        assert torch.equal(batch.targets.labels["ctr"], targets_from_table(recipe, rows).labels["ctr"])
