@@ -38,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our loggers speak at INFO; third-party ones (fbgemm announces every .so it loads on the root
+    # logger) only at WARNING, unless --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("recsys_mtl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return int(args._module.run(args) or 0)
 
 
