@@ -235,6 +235,8 @@ class HoMEOptions(_ModelBase):
     # fix 3, expert underfitting: feature-gate (low rank r) and self-gate
     feature_gate: bool = True
     feature_gate_rank: int = Field(default=8, ge=1)
+    # choice: A starts at zeros, so the feature-gate 2*sigmoid(x B A) starts as the identity
+    feature_gate_zero_init: bool = True
     self_gate: bool = True
 
 
@@ -243,6 +245,11 @@ class DTRNOptions(_ModelBase):
     task_embedding_dim: int = Field(default=8, ge=1)
     attention_hidden: int = Field(default=32, ge=1)
     senet_reduction: int = Field(default=2, ge=1)
+    # choice: interests by target attention of the candidate item over each sequence ("mean":
+    # plain masked mean, no attention), modulated per (task, behaviour) by FiLM from a
+    # hypernetwork ("none": one attention shared unchanged by all tasks)
+    interest_pooling: Literal["target_attention", "mean"] = "target_attention"
+    interest_modulation: Literal["film", "none"] = "film"
     with_mmoe: bool = False
     num_experts: int = Field(default=4, ge=1)
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])

@@ -39,6 +39,8 @@ echo "setup: building $VENV with $want"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==$TORCH"
 "${PIP[@]}" install --no-deps "torchrec==$TORCHREC" "$FBGEMM_PKG==$FBGEMM"
+echo "setup: installing recsys-mtl and its pinned dependencies (pip will note that torchrec" \
+    "'requires fbgemm-gpu': expected, $FBGEMM_PKG provides it)"
 "${PIP[@]}" install -e ".[dev]"
 # Fail here, not in the first test, if the trio does not load together.
 "$VENV/bin/python" -c "import torch, torchrec, fbgemm_gpu; print('setup: torch', torch.__version__, 'torchrec', torchrec.__version__)"

@@ -13,11 +13,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from recsys_mtl.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_PATH = ROOT / "configs" / "ads_ranker.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    # Test tensors are tiny: with 2 intra-op threads on a 2-core machine shared with the
+    # subprocesses some tests start, thread hand-offs cost more than the maths.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_targets(recipe, raw_table) -> None:
     assert torch.equal(tg.labels["ctcvr"], torch.from_numpy((click * conv).astype(np.float32)))
     assert torch.equal(tg.eval_mask["cvr"], torch.from_numpy(click > 0))  # CVR evaluated on clicks
     assert tg.eval_mask["ctr"].all()
-    w = raw_table.column("hazard_weight").to_numpy()
+    w = raw_table.column("hazard_weight").to_numpy().copy()
     assert torch.allclose(tg.weights["hazard_short"], torch.from_numpy(w))
     assert tg.labels["hazard_long"].dtype == torch.int64
 

@@ -1,0 +1,171 @@
+"""The multi-task model: embeddings -> (bottom) -> backbone -> per-task towers -> heads.
+
+`build_model(recipe)` is the one constructor; every backbone (shared_bottom, mmoe, ple, home, dtrn)
+and the single-task models (a recipe with one task) come out of it. The model's `forward` is the
+same in training, evaluation and export (FX-traceable with `torchrec.fx.symbolic_trace`, then
+`torch.jit.script`-able), and returns `Dict[str, Tensor]`:
+
+    "<binary task>"         probability [B]
+    "<binary task>_logit"   its logit [B] (losses use logits for numerical stability)
+    "<product task>"        product of its factors' probabilities [B] (ESMM ctcvr = ctr * cvr)
+    "<hazard task>"         hazard per interval [B, L] = sigmoid(logit)
+    "<hazard task>_logit"   its logits [B, L]
+
+`forward_with_internals` runs the same computation and also returns the gate weights and expert
+outputs that `recsys_mtl.models.diagnostics` summarises; `forward` simply drops them, so the
+exported graph carries no diagnostic outputs.
+"""
+
+# No `from __future__ import annotations` here: FX copies `forward`'s annotations into the code it
+# generates, and TorchScript must then resolve them as real types (KeyedJaggedTensor), not strings.
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.models.dtrn import DTRN
+from recsys_mtl.models.embeddings import SparseArch
+from recsys_mtl.models.heads import TaskHeads
+from recsys_mtl.models.home import HoME
+from recsys_mtl.models.mlp import MLP
+from recsys_mtl.models.mmoe import MMoE
+from recsys_mtl.models.ple import PLE
+from recsys_mtl.models.shared_bottom import SharedBottom
+from recsys_mtl.recipe import (
+    DTRNOptions,
+    HoMEOptions,
+    MMoEOptions,
+    PLEOptions,
+    Recipe,
+    SharedBottomOptions,
+)
+
+Internals = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+class MultiTaskModel(nn.Module):
+    """Embeddings -> bottom -> backbone -> towers -> heads (see the module docstring for outputs).
+
+    Attributes:
+        sparse_arch: the TorchRec embedding collections (`SparseArch`).
+        bottom: shared MLP on the flat input (identity when ``bottom_hidden`` is empty; DTRN keeps
+            its bottom inside the backbone, applied to each task's r_t).
+        backbone: SharedBottom | MMoE | PLE | HoME | DTRN.
+        towers: per head task MLP (``tower_hidden``).
+        heads: `TaskHeads`.
+    """
+
+    def __init__(
+        self,
+        sparse_arch: SparseArch,
+        bottom: MLP | None,
+        backbone: nn.Module,
+        towers: nn.ModuleDict,
+        heads: TaskHeads,
+        head_tasks: list[str],
+        model_type: str,
+    ) -> None:
+        super().__init__()
+        self.sparse_arch = sparse_arch
+        self.flat_input: bool = bottom is not None
+        self.bottom = bottom if bottom is not None else nn.Identity()
+        self.backbone = backbone
+        self.towers = towers
+        self.heads = heads
+        self.head_tasks: list[str] = list(head_tasks)
+        self.model_type: str = model_type
+
+    # metadata for diagnostics (plain Python, never part of the traced graph)
+    @property
+    def gate_experts(self) -> dict[str, list[str]]:
+        """Gate key -> the expert names its weights refer to, in order."""
+        return dict(getattr(self.backbone, "gate_experts", {}))
+
+    @property
+    def task_gates(self) -> dict[str, str]:
+        """Head task -> key of the gate that feeds its tower (empty for models without gates)."""
+        return dict(getattr(self.backbone, "task_gates", {}))
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs, _, _ = self.forward_with_internals(sparse, dense)
+        return outputs
+
+    def forward_with_internals(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> Internals:
+        """(outputs, gates {key: [B, n] weights}, experts {name: [B, d] activations})."""
+        fields, sequences, masks = self.sparse_arch(sparse)
+        if self.flat_input:  # build-time constant: every backbone but DTRN reads one flat x
+            x = self.bottom(torch.cat([*fields, dense], dim=1))
+            reprs, gates, experts = self.backbone(x)
+        else:
+            reprs, gates, experts = self.backbone(fields, sequences, masks, dense)
+        towers: dict[str, torch.Tensor] = {t: self.towers[t](reprs[t]) for t in self.head_tasks}
+        return self.heads(towers), gates, experts
+
+
+def _candidate_fields(recipe: Recipe, arch: SparseArch) -> list[int]:
+    """Per sequence feature, the index in ``arch.field_names`` of the candidate item's id feature:
+    the id feature on the sequence's table (item-group and the recipe's item column preferred)."""
+    out: list[int] = []
+    for name in arch.sequence_names:
+        seq = recipe.feature(name)
+        cands = [
+            f
+            for f in recipe.features
+            if f.kind == "id" and f.table_name == seq.table_name and f.name in arch.field_names
+        ]
+        if not cands:
+            raise ValueError(
+                f"DTRN: sequence '{name}' uses table '{seq.table_name}', but no id feature on that table "
+                "gives the candidate item to attend with (e.g. creative_id with the same `table`)"
+            )
+        cands.sort(key=lambda f: (f.source != recipe.data.item_column, f.group != "item"))
+        out.append(arch.field_names.index(cands[0].name))
+    return out
+
+
+def build_model(recipe: Recipe, embedding_device: torch.device | None = None) -> MultiTaskModel:
+    """The model a recipe describes.
+
+    Args:
+        recipe: a validated recipe; ``recipe.model`` picks the backbone and its options.
+        embedding_device: where the embedding tables are created (None: CPU). Pass
+            ``torch.device("meta")`` to let TorchRec's DistributedModelParallel materialise the
+            sharded tables itself.
+    """
+    opts = recipe.model
+    heads_tasks = recipe.head_tasks
+    names = [t.name for t in heads_tasks]
+    dense_dim = len(recipe.dense_features)
+    is_dtrn = isinstance(opts, DTRNOptions)
+    arch = SparseArch(recipe, unpooled_sequences=is_dtrn, device=embedding_device)
+    bottom: MLP | None = None
+    backbone: nn.Module
+    if is_dtrn:
+        assert isinstance(opts, DTRNOptions)
+        backbone = DTRN(
+            names, arch.field_dims, arch.sequence_dims, _candidate_fields(recipe, arch), dense_dim, opts
+        )
+    else:
+        bottom = MLP(sum(arch.field_dims) + dense_dim, list(opts.bottom_hidden), opts.dropout)
+        d = bottom.out_dim
+        if isinstance(opts, SharedBottomOptions):
+            backbone = SharedBottom(d, names, list(opts.hidden), opts.dropout)
+        elif isinstance(opts, MMoEOptions):
+            backbone = MMoE(d, names, opts.num_experts, list(opts.expert_hidden), opts.dropout)
+        elif isinstance(opts, PLEOptions):
+            backbone = PLE(
+                d,
+                names,
+                opts.num_levels,
+                opts.specific_experts,
+                opts.shared_experts,
+                list(opts.expert_hidden),
+                opts.dropout,
+            )
+        elif isinstance(opts, HoMEOptions):
+            backbone = HoME(d, names, {t.name: t.category for t in heads_tasks}, opts)
+        else:  # pragma: no cover - the recipe's discriminated union has no other member
+            raise ValueError(f"unknown model type {opts.type!r}")
+    out_dims: dict[str, int] = backbone.out_dims  # type: ignore[assignment]
+    towers = nn.ModuleDict({t: MLP(out_dims[t], list(opts.tower_hidden), opts.dropout) for t in names})
+    heads = TaskHeads(list(recipe.tasks), {t: towers[t].out_dim for t in names})
+    return MultiTaskModel(arch, bottom, backbone, towers, heads, names, opts.type)
