@@ -1,0 +1,115 @@
+"""Train a multi-task model from a recipe on day-partitioned Parquet, into a run directory.
+
+The last --eval-days day partitions of the range are held out and evaluated at the end
+(RUN/metrics.json). Training runs under TorchRec's DistributedModelParallel at every world size:
+--nproc N launches N local ranks through torch.distributed.run (torchrun), gloo on CPU, with the
+embedding tables placed by TorchRec's sharding planner. Under your own launcher (e.g.
+`torchrun --nnodes M --nproc-per-node N -m recsys_mtl.cli train ...`) leave --nproc out.
+
+examples:
+  recsys-mtl train --recipe configs/ads_ranker.yaml --data data --out runs/home
+  recsys-mtl train --data data --out runs/home2 --nproc 2 --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from recsys_mtl.cli.common import DEFAULT_RECIPE, add_recipe_argument, fail
+
+log = logging.getLogger("recsys_mtl.train")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_recipe_argument(p)
+    p.add_argument("--data", required=True, type=Path, help="data directory holding dt=YYYY-MM-DD/")
+    p.add_argument("--out", required=True, type=Path, help="run directory to create")
+    p.add_argument("--start", help="first day of the range (YYYY-MM-DD); default: the first partition")
+    p.add_argument("--end", help="last day of the range (YYYY-MM-DD); default: the last partition")
+    p.add_argument(
+        "--eval-days",
+        type=int,
+        default=1,
+        help="last days of the range held out for evaluation (default 1; 0 = no evaluation)",
+    )
+    p.add_argument("--epochs", type=int, help="passes over the training days (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="rows per step per rank (default: the recipe's)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--nproc", type=int, default=1, help="local training processes (ranks); default 1")
+    p.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this same command as --nproc ranks under torch.distributed's elastic launcher (what
+    torchrun runs), rendezvous on a free loopback port. The launcher is called as a library so our
+    arguments never pass through torchrun's own option parser (it would take `--start` for its
+    `--start-method`)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from recsys_mtl.distributed import free_port
+
+    port = free_port()
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=args.nproc,
+        run_id=f"recsys-mtl-train-{port}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{port}",
+        max_restarts=0,
+        monitor_interval=1,
+    )
+    log.info("launching %d ranks on 127.0.0.1:%d", args.nproc, port)
+    try:
+        elastic_launch(config, sys.executable)("-m", "recsys_mtl.cli", *args._argv)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        log.error("training failed on rank(s) %s", sorted(f.local_rank for f in e.failures.values()))
+        return next((c for c in codes if c and c > 0), 1)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        return fail(ValueError("--nproc must be >= 1"))
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return _launch(args)
+
+    from recsys_mtl.dataset import DataError
+    from recsys_mtl.recipe import RecipeError, load_recipe
+    from recsys_mtl.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        data_dir=args.data,
+        out=args.out,
+        start=args.start,
+        end=args.end,
+        eval_days=args.eval_days,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        threads=args.threads,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    try:
+        recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
+        info = train(recipe, cfg)
+    except (RecipeError, DataError, FileExistsError, ValueError) as e:
+        return fail(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from recsys_mtl.evaluation import format_metrics
+
+        print(f"run: {args.out}  steps: {info['steps']}  samples/s: {info['samples_per_s']:,.0f}")
+        if "metrics" in info:
+            print(format_metrics(info["metrics"]))
+    return 0

@@ -1,0 +1,101 @@
+"""A training run's directory, and loading a trained model from it.
+
+```
+RUN/run.json        recipe, feature transform spec (with the dense statistics fitted on training
+                    data), data range, steps, throughput, loss curve, sharding plan
+RUN/checkpoint/     torch.distributed.checkpoint (DCP) of the model: written by every rank of a
+                    sharded run, each its own shards; loadable into an unsharded model anywhere
+RUN/metrics.json    evaluation on the held-out days
+```
+
+`load_run` rebuilds everything from the directory alone (no recipe file, no training code paths):
+it loads the DCP checkpoint into a plain, unsharded model on CPU, which is what evaluation and
+export need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys_mtl.models import MultiTaskModel, build_model
+from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.transform import FeatureTransform
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.json"
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used (missing, incomplete, or from another format)."""
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    recipe: Recipe
+    transform: FeatureTransform
+    model: MultiTaskModel
+    info: dict[str, Any]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_checkpoint(model: nn.Module, run_dir: Path) -> None:
+    """Save the (possibly sharded) model with DCP; every rank of the group must call this."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(run_dir / CHECKPOINT_DIR))
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / RUN_FILE
+    if not p.is_file():
+        raise RunError(f"{run_dir}: not a training run (no {RUN_FILE})")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{p}: unreadable ({e})") from None
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The run's recipe, transform, and trained model (unsharded, CPU, eval mode)."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(run_dir)
+    info = read_run_info(path)
+    if not (path / CHECKPOINT_DIR).is_dir():
+        raise RunError(f"{path}: the run has no checkpoint yet (training did not finish)")
+    recipe = recipe_from_dict(info["recipe"], str(path / RUN_FILE))
+    transform = FeatureTransform.from_spec(info["transform"])
+    model = build_model(recipe)
+    state = model.state_dict()
+    dcp.load({"model": state}, checkpoint_id=str(path / CHECKPOINT_DIR), no_dist=True)
+    model.load_state_dict(state)
+    model.eval()
+    return LoadedRun(path=path, recipe=recipe, transform=transform, model=model, info=info)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(int(torch.numel(p)) for p in model.parameters())

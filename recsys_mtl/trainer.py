@@ -1,0 +1,292 @@
+"""The training loop: Parquet days -> a sharded multi-task model -> a run directory.
+
+One program for every world size (see `recsys_mtl.distributed`): each rank reads its own row
+groups, the model runs under TorchRec's DistributedModelParallel with the sparse optimizer fused
+into the embedding backward, and the dense parameters use a standard optimizer from the recipe.
+
+Held-out data: the last `eval_days` day partitions of the range are never trained on; the run is
+evaluated on them at the end (METHODS.md: quality is measured on held-out data). A time split, not
+a random one, because that is how the model will be used: trained on the past, scoring tomorrow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from recsys_mtl.dataset import DataError, inspect_partitions, list_partitions
+from recsys_mtl.distributed import (
+    DistContext,
+    dense_optimizer,
+    init_distributed,
+    plan_summary,
+    shard_model,
+    shutdown,
+)
+from recsys_mtl.models import build_model, total_loss
+from recsys_mtl.reader import ParquetReader
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, save_model_checkpoint, write_json_atomic
+from recsys_mtl.transform import FeatureTransform
+
+log = logging.getLogger(__name__)
+
+DENSE_STATS_ROWS = 100_000  # rows sampled to fit dense standardisation statistics
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path
+    out: Path
+    start: str | None = None
+    end: str | None = None
+    eval_days: int = 1
+    epochs: int | None = None  # None: the recipe's
+    batch_size: int | None = None  # None: the recipe's
+    max_steps: int | None = None  # stop early (smoke tests, benchmarks)
+    threads: int | None = None  # torch intra-op threads per rank; None: cores / ranks
+    device: str = "cpu"
+    overwrite: bool = False
+    progress: bool = True
+    evaluate: bool = True
+    log_every: int = 20
+
+
+@dataclass
+class DaySplit:
+    train: list[dt.date]
+    eval: list[dt.date] = field(default_factory=list)
+
+
+def split_days(recipe: Recipe, cfg: TrainConfig) -> DaySplit:
+    days = sorted(list_partitions(cfg.data_dir, cfg.start, cfg.end, recipe.data.partition))
+    if cfg.eval_days < 0:
+        raise ValueError("eval_days must be >= 0")
+    if len(days) <= cfg.eval_days:
+        raise DataError(
+            f"{len(days)} day(s) in range but {cfg.eval_days} held out for evaluation: nothing left to "
+            "train on (use more days or --eval-days 0)",
+            cfg.data_dir,
+        )
+    cut = len(days) - cfg.eval_days
+    return DaySplit(train=days[:cut], eval=days[cut:])
+
+
+def fit_transform(recipe: Recipe, cfg: TrainConfig, split: DaySplit) -> FeatureTransform:
+    """The recipe's transform with dense statistics fitted on the first training rows.
+
+    Every rank reads the same sample, so all ranks standardise identically without a collective.
+    """
+    transform = FeatureTransform.from_recipe(recipe)
+    if not transform.dense_features:
+        return transform
+    files = inspect_partitions(recipe, cfg.data_dir, split.train[0], split.train[-1])
+    tables: list[pa.Table] = []
+    rows = 0
+    for info in files:
+        pf = pq.ParquetFile(info.path)
+        for rg in range(info.num_row_groups):
+            tables.append(pf.read_row_group(rg, columns=[f.source for f in transform.dense_features]))
+            rows += tables[-1].num_rows
+            if rows >= DENSE_STATS_ROWS:
+                break
+        if rows >= DENSE_STATS_ROWS:
+            break
+    stats = transform.fit_dense_stats(pa.concat_tables(tables).slice(0, DENSE_STATS_ROWS))
+    return transform.with_dense_stats(stats)
+
+
+def _prepare_out(cfg: TrainConfig, ctx: DistContext) -> None:
+    if ctx.is_main:
+        if cfg.out.exists() and any(cfg.out.iterdir()):
+            if not cfg.overwrite:
+                raise FileExistsError(f"{cfg.out} is not empty; pass --overwrite to replace it")
+            shutil.rmtree(cfg.out)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+
+
+def _steps_per_epoch(reader: ParquetReader) -> int:
+    """Full batches every rank can take: collectives need all ranks to step together."""
+    local = torch.tensor([reader.num_rows // reader.batch_size], dtype=torch.int64)
+    dist.all_reduce(local, op=dist.ReduceOp.MIN)
+    return int(local.item())
+
+
+def train(recipe: Recipe, cfg: TrainConfig) -> dict[str, Any]:
+    """Train, checkpoint, and (on rank 0) evaluate on the held-out days. Returns run.json's dict."""
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(recipe, cfg, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    threads = cfg.threads or max(1, (torch.get_num_threads() or 1) // max(1, _local_world(ctx)))
+    torch.set_num_threads(threads)
+    torch.manual_seed(recipe.training.seed + ctx.rank)
+    _prepare_out(cfg, ctx)
+    split = split_days(recipe, cfg)
+    transform = fit_transform(recipe, cfg, split)
+    bs = cfg.batch_size or recipe.training.batch_size
+    epochs = cfg.epochs or recipe.training.epochs
+    reader = ParquetReader(
+        recipe,
+        cfg.data_dir,
+        start=split.train[0],
+        end=split.train[-1],
+        transform=transform,
+        batch_size=bs,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        drop_last=True,
+    )
+    steps_per_epoch = _steps_per_epoch(reader)
+    if steps_per_epoch == 0:
+        raise DataError(f"fewer than one batch of {bs} rows per rank in the training days", cfg.data_dir)
+    total_steps = steps_per_epoch * epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    model = shard_model(build_model(recipe, embedding_device=torch.device("meta")), recipe, ctx)
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    dense_params = [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
+    optimizer = dense_optimizer(recipe.training.dense_optimizer, dense_params)
+    plan = plan_summary(model)
+    if ctx.is_main:
+        log.info(
+            "training %s (%s) on %d rank(s), %d thread(s) each: days %s..%s, %d steps of %d rows/rank; "
+            "held out %s",
+            recipe.name,
+            recipe.model.type,
+            ctx.world_size,
+            threads,
+            split.train[0],
+            split.train[-1],
+            total_steps,
+            bs,
+            [d.isoformat() for d in split.eval] or "nothing",
+        )
+        for table, p in plan.items():
+            log.info("  table %-14s %-13s ranks %s", table, p["sharding_type"], p["ranks"])
+
+    model.train()
+    curve: list[dict[str, float]] = []
+    window: dict[str, float] = {}
+    window_steps = 0
+    step = 0
+    bar = tqdm(
+        total=total_steps,
+        desc="train",
+        unit="step",
+        disable=not (cfg.progress and ctx.is_main),
+        mininterval=0.5 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s
+    )
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(epochs):
+            reader.set_epoch(epoch)
+            for i, batch in enumerate(reader):
+                if i >= steps_per_epoch or step >= total_steps:
+                    break
+                outputs = model(batch.features.sparse, batch.features.dense)
+                loss, per_task = total_loss(recipe, outputs, batch.targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                window["loss"] = window.get("loss", 0.0) + float(loss.detach())
+                for k, v in per_task.items():
+                    window[k] = window.get(k, 0.0) + float(v.detach())
+                window_steps += 1
+                if not math.isfinite(window["loss"]):
+                    raise FloatingPointError(
+                        f"loss is {window['loss']} at step {step}; lower the learning rates"
+                    )
+                if step % cfg.log_every == 0 or step == total_steps:
+                    point = {k: v / window_steps for k, v in window.items()}
+                    curve.append({"step": step, **point})
+                    window, window_steps = {}, 0
+                    rate = step * bs * ctx.world_size / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
+                bar.update(1)
+            if step >= total_steps:
+                break
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    samples = step * bs * ctx.world_size
+
+    save_model_checkpoint(model, cfg.out)
+    info: dict[str, Any] = {
+        "recipe": recipe.to_dict(),
+        "transform": transform.spec(),
+        "data": {
+            "dir": str(cfg.data_dir),
+            "train_days": [d.isoformat() for d in split.train],
+            "eval_days": [d.isoformat() for d in split.eval],
+        },
+        "world_size": ctx.world_size,
+        "threads_per_rank": threads,
+        "batch_size_per_rank": bs,
+        "steps": step,
+        "epochs": epochs,
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "parameters": None,
+        "loss_curve": curve,
+        "sharding_plan": plan,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    if ctx.is_main:
+        info["parameters"] = count_parameters(build_model(recipe))
+        write_json_atomic(cfg.out / RUN_FILE, info)
+        log.info(
+            "trained %d steps, %s samples in %.1fs (%s samples/s); checkpoint in %s",
+            step,
+            f"{samples:,}",
+            seconds,
+            f"{samples / max(seconds, 1e-9):,.0f}",
+            cfg.out,
+        )
+    dist.barrier()
+    if cfg.evaluate and split.eval and ctx.is_main:
+        info["metrics"] = evaluate_run(cfg.out, split)
+    dist.barrier()
+    return info
+
+
+def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
+    """Evaluate a finished run on its held-out days and write RUN/metrics.json."""
+    from recsys_mtl.evaluation import evaluate
+    from recsys_mtl.run import load_run
+
+    run = load_run(run_dir)
+    log.info("evaluating on held-out days %s", [d.isoformat() for d in split.eval])
+    metrics = evaluate(
+        run.model, run.recipe, run.transform, run.info["data"]["dir"], start=split.eval[0], end=split.eval[-1]
+    )
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _local_world(ctx: DistContext) -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
