@@ -6,6 +6,8 @@
 - logloss, ECE (equal-width bins, weighted by bin size) and the predicted/observed ratio.
 - Harrell's C-index: a pair (i, j) is comparable when T_i < T_j and i had the event; concordant
   when risk_i > risk_j; ties in risk count one half (METHODS.md, Discrete-time hazard).
+- Discrete-time survival: Kaplan-Meier curve, IPCW Brier score per interval and the integrated
+  Brier score (the calibration and accuracy of predicted survival curves, not only their ranking).
 """
 
 from __future__ import annotations
@@ -100,3 +102,72 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         concordant += below.sum() + 0.5 * tied.sum()
         comparable += len(ri) * len(later)
     return float(concordant / comparable) if comparable else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Discrete-time survival: Kaplan-Meier and the (integrated) Brier score
+# --------------------------------------------------------------------------------------------
+# Labels are on a grid of L intervals: `interval` k (0-based) of the event or of censoring and an
+# `event` flag. Censoring convention (recsys_mtl.synth.lifetimes, METHODS.md): a creative censored
+# in interval k survived interval k, so it is at risk in k and known alive at the end of k.
+
+
+def survival_from_hazard(hazard: np.ndarray) -> np.ndarray:
+    """S at the end of each interval: S_l = prod_{j<=l} (1 - h_j), rows = subjects."""
+    return np.cumprod(1.0 - np.asarray(hazard, dtype=np.float64), axis=-1)
+
+
+def kaplan_meier(interval: np.ndarray, event: np.ndarray, num_intervals: int) -> np.ndarray:
+    """Kaplan-Meier survival at the end of each interval [L] (the observed curve for calibration).
+
+    At risk in interval l: subjects with k >= l (censored-in-l subjects survived l, so they count
+    as at risk and not as events). Intervals after everyone has left keep the last value.
+    """
+    k = np.asarray(interval, dtype=np.int64)
+    d = np.asarray(event) > 0
+    events = np.bincount(k[d], minlength=num_intervals)[:num_intervals].astype(np.float64)
+    leaving = np.bincount(k, minlength=num_intervals)[:num_intervals]
+    at_risk = len(k) - np.r_[0, np.cumsum(leaving)[:-1]]
+    h = np.divide(events, at_risk, out=np.zeros(num_intervals), where=at_risk > 0)
+    return np.cumprod(1.0 - h)
+
+
+def brier_scores(interval: np.ndarray, event: np.ndarray, survival: np.ndarray) -> np.ndarray:
+    """IPCW Brier score (Graf et al., 1999) at the end of each interval [L], for discrete time.
+
+    At the end of interval l a subject is known dead if it had its event in some k <= l (target 0,
+    weight 1 / G(k-)), known alive if k > l or it was censored in l (target 1, weight 1 / G(l-)),
+    and unknown otherwise (censored before l: weight 0). G(l-) = prod_{j<l} (1 - c_j) is the
+    Kaplan-Meier probability of not being censored before interval l, with c_j the censoring
+    hazard among the subjects alive through j. `survival` [n, L] is each subject's predicted S_l.
+    """
+    s = np.asarray(survival, dtype=np.float64)
+    n, num_intervals = s.shape
+    if n == 0:
+        return np.full(num_intervals, np.nan)
+    k = np.asarray(interval, dtype=np.int64)
+    d = np.asarray(event) > 0
+    censored = np.bincount(k[~d], minlength=num_intervals)[:num_intervals].astype(np.float64)
+    beyond = n - np.cumsum(np.bincount(k, minlength=num_intervals)[:num_intervals])  # k > l
+    at_risk = beyond + censored
+    c = np.divide(censored, at_risk, out=np.zeros(num_intervals), where=at_risk > 0)
+    g_before = np.r_[1.0, np.cumprod(1.0 - c)[:-1]]
+    inv_g = np.divide(1.0, g_before, out=np.zeros(num_intervals), where=g_before > 0)
+    grid = np.arange(num_intervals)
+    dead = d[:, None] & (k[:, None] <= grid[None, :])
+    alive = (k[:, None] > grid[None, :]) | (~d[:, None] & (k[:, None] == grid[None, :]))
+    terms = np.where(dead, s**2 * inv_g[k][:, None], 0.0) + np.where(
+        alive, (1.0 - s) ** 2 * inv_g[None, :], 0.0
+    )
+    return terms.mean(axis=0)
+
+
+def integrated_brier_score(
+    interval: np.ndarray, event: np.ndarray, survival: np.ndarray, widths: np.ndarray | None = None
+) -> float:
+    """Brier scores at the interval ends averaged with the interval widths as weights (the integral
+    of the step function over the grid, divided by its length); lower is better, 0.25 is what a
+    constant S = 0.5 scores on uncensored data."""
+    bs = brier_scores(interval, event, survival)
+    w = np.ones(len(bs)) if widths is None else np.asarray(widths, dtype=np.float64)
+    return float((bs * w).sum() / w.sum()) if len(bs) and not np.isnan(bs).any() else float("nan")

@@ -145,6 +145,12 @@ class TaskSpec(_Strict):
     label: str | list[str] | None = None
     product_of: list[str] | None = None
     eval_on: str | None = None
+    train_on: str | None = Field(
+        default=None,
+        description="Column that must be set for a row to count in this task's loss (the task's "
+        "sample space, as PLE trains each task on its own). The classic single-task CVR trains on "
+        "click; ESMM instead trains CVR over all impressions through CTCVR.",
+    )
     # --- hazard ---
     grid: list[float] | None = None
     unit: Literal["days", "weeks", "hours"] = "days"
@@ -180,7 +186,7 @@ class TaskSpec(_Strict):
             if self.product_of is not None and len(self.product_of) < 2:
                 raise ValueError("`product_of` needs at least two tasks")
             return self
-        for f in ("label", "product_of", "eval_on"):
+        for f in ("label", "product_of", "eval_on", "train_on"):
             if getattr(self, f) is not None:
                 raise ValueError(f"`{f}` applies to binary tasks, not to kind 'hazard'")
         if self.grid is None or len(self.grid) < 2:
@@ -385,7 +391,7 @@ class Recipe(_Strict):
         """Every column a task reads (labels, events, weights, eval filters), deduplicated."""
         cols: list[str] = []
         for t in self.tasks:
-            for c in [*t.label_columns, *([t.eval_on] if t.eval_on else [])]:
+            for c in [*t.label_columns, *(c for c in (t.eval_on, t.train_on) if c)]:
                 if c not in cols:
                     cols.append(c)
         return cols

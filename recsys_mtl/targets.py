@@ -4,8 +4,9 @@ Per task (recipe order):
 - binary: `labels[t]` float 0/1; a list-of-columns label is their product (CTCVR = click AND
   conversion).
 - hazard: `labels[t]` int64 interval index, `events[t]` float 1/0 (0 = censored in that interval).
-- `weights[t]`: the row's loss weight: 0 where a label is missing, times the task's
-  `weight_column` (the per-creative CTR weight for hazard tasks).
+- `weights[t]`: the row's loss weight: 0 where a label is missing or the row is outside the task's
+  `train_on` sample space, times the task's `weight_column` (the per-creative CTR weight for hazard
+  tasks).
 - `eval_mask[t]`: rows that count in evaluation: label present and the task's `eval_on` column set
   (CVR is evaluated on clicked rows only; it is trained over all impressions through CTCVR).
 """
@@ -64,6 +65,9 @@ def _task_targets(task: TaskSpec, table: pa.Table | pa.RecordBatch, out: Targets
     if task.weight_column:
         wc, ok_w = _num(table, task.weight_column)
         w = w * np.where(ok_w & (wc > 0), wc, 0.0).astype(np.float32)
+    if task.train_on:
+        s, ok_s = _num(table, task.train_on)
+        w = w * (ok_s & (s > 0)).astype(np.float32)
     out.weights[task.name] = torch.from_numpy(w)
     mask = valid
     if task.eval_on:

@@ -180,3 +180,14 @@ def test_shuffled_batches_match_the_transform_of_their_rows(recipe, data_dir) ->
         assert kjt_dict(batch.features) == kjt_dict(want)
         assert torch.equal(batch.features.dense, want.dense)
         assert torch.equal(batch.targets.labels["ctr"], targets_from_table(recipe, rows).labels["ctr"])
+
+
+def test_train_on_restricts_the_loss_rows(recipe, raw_table) -> None:
+    from recsys_mtl.recipe import recipe_from_dict
+
+    d = recipe.to_dict()
+    cvr = next(t for t in d["tasks"] if t["name"] == "cvr")
+    cvr.update(train_on="click", loss_weight=1.0)
+    tg = targets_from_table(recipe_from_dict(d), raw_table)
+    click = raw_table.column("click").to_numpy() > 0
+    assert torch.equal(tg.weights["cvr"] > 0, torch.from_numpy(click))

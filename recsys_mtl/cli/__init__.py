@@ -7,11 +7,14 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # subcommand -> module under recsys_mtl.cli that defines `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "write synthetic Parquet data with ground-truth oracle columns"),
     "summary": ("summary", "print rows, label rates and oracle AUCs of a Parquet data directory"),
+    "train": ("train", "train a model from a recipe on Parquet days, sharded with TorchRec"),
+    "evaluate": ("evaluate", "evaluate a trained run on Parquet days: AUC, GAUC, calibration, C-index"),
     "demo": ("demo", "run the main job end to end on generated data (what `make demo` runs)"),
 }
 
@@ -36,8 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropLibraryChatter(logging.Filter):
+    """TorchRec and FBGEMM log planner hints and load notices at WARNING, some on the root logger;
+    a user of our CLI cannot act on them. Errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = any(part in record.pathname for part in ("/torchrec/", "/fbgemm_gpu/", "/torch/"))
+        return record.levelno >= logging.ERROR or not noisy
+
+
+def quiet_third_party() -> None:
+    for h in logging.getLogger().handlers:
+        h.addFilter(_DropLibraryChatter())
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(torchrec|fbgemm_gpu)\..*")
+    warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
+    # FBGEMM's CPU embedding op has no autograd kernel registered; TorchRec handles its backward.
+    warnings.filterwarnings("ignore", message=r".*an autograd kernel was not registered.*")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(argv) if argv is not None else sys.argv[1:]  # `train --nproc` re-launches it
     # Our loggers speak at INFO; third-party ones (fbgemm announces every .so it loads on the root
     # logger) only at WARNING, unless --verbose.
     logging.basicConfig(
@@ -45,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("recsys_mtl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        quiet_third_party()
     return int(args._module.run(args) or 0)
 
 

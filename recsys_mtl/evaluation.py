@@ -1,0 +1,485 @@
+"""Offline evaluation of a multi-task model on Parquet days: predictions first, metrics second.
+
+The two steps are kept apart on purpose:
+
+1. `predict(model, reader) -> Predictions` runs the model (eval mode, no gradients) over every row
+   the reader yields and keeps plain numpy arrays: per task the prediction, label, event and
+   evaluation mask, plus the user and item ids and the `oracle_*` ground truth where the data has
+   them. A distributed evaluation gathers each rank's `Predictions` to rank 0 and joins them with
+   `Predictions.concat`, so the metrics are those of all rows together (the AUC over every rank's
+   predictions, never an average of per-rank AUCs).
+2. `compute_metrics(recipe, preds) -> dict` turns them into the JSON-able metrics dict:
+
+   binary task   auc, gauc (by the recipe's user column), logloss, ece, pred_obs_ratio, rows, and
+                 on synthetic data oracle_auc, oracle_gauc, oracle_logloss and
+                 oracle_lift = (auc - 0.5) / (oracle_auc - 0.5): the share of the achievable
+                 ranking quality above chance that the model reaches. Only the task's eval_mask
+                 rows count (CVR: clicked rows).
+   hazard task   per creative (see below): c_index (Harrell's, risk = 1 - S(horizon) of the
+                 task's grid), ibs (integrated Brier score), creatives, events, calibration
+                 (mean predicted survival vs the Kaplan-Meier curve at each interval end), and
+                 oracle_c_index, oracle_lift = (c - 0.5) / (oracle_c - 0.5), oracle_ibs.
+
+   Oracle keys exist only where the data has the task's oracle column (real data has none: the
+   keys are absent, not null). Undefined values (one class only, no rows) are null, never NaN.
+
+Hazard tasks are evaluated per creative, not per impression: the survival label belongs to the
+creative and repeats on each of its rows, so a creative shown 1,000 times must not count 1,000
+times. Rows are grouped by the recipe's item column (the first row's label is the creative's). The
+model's prediction for a creative is the mean of its predicted hazards over the creative's rows
+(choice): the hazard head sees row-level context (user, position, creative age at the impression),
+and averaging per interval keeps a proper hazard in [0, 1] whose survival curve summarises all
+the contexts the creative was seen in. The oracle hazard is the creative's own, the same on each
+row, so its mean is itself. Data without the item column is evaluated one row per creative.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.dataset import DataError, inspect_partitions
+from recsys_mtl.metrics import (
+    auc,
+    c_index,
+    calibration,
+    gauc,
+    integrated_brier_score,
+    kaplan_meier,
+    logloss,
+    survival_from_hazard,
+)
+from recsys_mtl.reader import ParquetReader
+from recsys_mtl.recipe import Recipe, TaskSpec
+from recsys_mtl.transform import FeatureTransform
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: predictions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """Per-row model outputs, targets and ground truth, as numpy arrays of equal length N.
+
+    scores     task -> binary: probability [N]; hazard: hazard per interval [N, L] (float32)
+    labels     task -> binary: 0/1 float [N]; hazard: interval index int64 [N]
+    events     hazard task -> 1/0 float [N] (0 = censored in that interval)
+    eval_mask  task -> bool [N]: rows that count in evaluation (label present, `eval_on` set)
+    oracle     task -> the oracle column's values (binary [N], hazard [N, L]) where the data has it
+    users      the recipe's user column [N] (GAUC groups), None when the data lacks it
+    items      the recipe's item column [N] (creatives), None when the data lacks it
+    """
+
+    scores: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    events: dict[str, np.ndarray]
+    eval_mask: dict[str, np.ndarray]
+    oracle: dict[str, np.ndarray] = field(default_factory=dict)
+    users: np.ndarray | None = None
+    items: np.ndarray | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return len(next(iter(self.eval_mask.values()))) if self.eval_mask else 0
+
+    def replace_scores(self, scores: dict[str, np.ndarray]) -> Predictions:
+        """The same rows with other predictions (e.g. the oracle's, to check a metric's ceiling)."""
+        return Predictions(
+            {**self.scores, **scores},
+            self.labels,
+            self.events,
+            self.eval_mask,
+            self.oracle,
+            self.users,
+            self.items,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Predictions]) -> Predictions:
+        """Rows of all `parts` in order (e.g. every rank's predictions gathered on rank 0).
+
+        The parts must hold the same tasks and oracle columns; user (item) ids are kept only if every
+        part has them. Empty parts are skipped so their placeholder dtypes never change the ids'.
+        """
+        if not parts:
+            raise ValueError("Predictions.concat needs at least one part")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.scores.keys() != first.scores.keys() or p.oracle.keys() != first.oracle.keys():
+                raise ValueError("Predictions.concat: parts differ in their tasks or oracle columns")
+        rows = [p for p in parts if p.num_rows > 0] or [first]
+
+        def cat(get: Callable[[Predictions], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+            return {k: np.concatenate([get(p)[k] for p in rows]) for k in get(first)}
+
+        def ids(get: Callable[[Predictions], np.ndarray | None]) -> np.ndarray | None:
+            arrays = [get(p) for p in rows]
+            return None if any(a is None for a in arrays) else np.concatenate(arrays)  # type: ignore[arg-type]
+
+        return cls(
+            scores=cat(lambda p: p.scores),
+            labels=cat(lambda p: p.labels),
+            events=cat(lambda p: p.events),
+            eval_mask=cat(lambda p: p.eval_mask),
+            oracle=cat(lambda p: p.oracle),
+            users=ids(lambda p: p.users),
+            items=ids(lambda p: p.items),
+        )
+
+
+def evaluation_columns(recipe: Recipe, schema_names: Sequence[str]) -> list[str]:
+    """The extra columns evaluation reads, among those the data has: the user column (GAUC), the
+    item column (per-creative survival) and each task's oracle column."""
+    wanted = [recipe.data.user_column, recipe.data.item_column, *(t.oracle_prefix for t in recipe.tasks)]
+    have = set(schema_names)
+    return [c for c in dict.fromkeys(wanted) if c in have]
+
+
+def evaluation_reader(
+    recipe: Recipe,
+    data_dir: str | Path,
+    *,
+    transform: FeatureTransform | None = None,
+    start: str | dt.date | None = None,
+    end: str | dt.date | None = None,
+    batch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ParquetReader:
+    """A reader over [start, end] in storage order (no shuffling, every row once) that also reads
+    the `evaluation_columns` present in every file. `rank`/`world_size` split the row groups for a
+    distributed evaluation."""
+    files = inspect_partitions(recipe, data_dir, start, end)
+    common = set(files[0].schema.names).intersection(*(f.schema.names for f in files[1:]))
+    return ParquetReader(
+        recipe,
+        data_dir,
+        start=start,
+        end=end,
+        transform=transform,
+        batch_size=batch_size,
+        shuffle_buffer=0,
+        rank=rank,
+        world_size=world_size,
+        extra_columns=evaluation_columns(recipe, sorted(common)),
+    )
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _model_inputs(features: Any, device: torch.device) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+    """(sparse, dense) of a `FeatureBatch`, moved to the model's device when it is not the CPU."""
+    sparse, dense = features.sparse, features.dense
+    if device.type != "cpu":
+        sparse, dense = sparse.to(device), dense.to(device)
+    return sparse, dense
+
+
+def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
+    """Run `model` over every batch of `reader` and collect `Predictions` (see its fields).
+
+    Eval mode under `torch.no_grad`; the model's training mode is restored afterwards. The reader
+    should come from `evaluation_reader` (storage order, extra columns); whichever of the user, item
+    and oracle columns it reads are collected. A hazard oracle must hold L values per row.
+    """
+    recipe = reader.recipe
+    extras = set(reader.extra_columns)
+    oracle_cols = {t.name: t.oracle_prefix for t in recipe.tasks if t.oracle_prefix in extras}
+    user_col = recipe.data.user_column if recipe.data.user_column in extras else None
+    item_col = recipe.data.item_column if recipe.data.item_column in extras else None
+    hazard = {t.name: t.num_intervals for t in recipe.tasks if t.kind == "hazard"}
+
+    acc: dict[tuple[str, str], list[np.ndarray]] = {}
+
+    def add(kind: str, key: str, value: np.ndarray) -> None:
+        acc.setdefault((kind, key), []).append(value)
+
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in reader:
+                out = model(*_model_inputs(batch.features, device))
+                tg = batch.targets
+                for t in recipe.tasks:
+                    add("score", t.name, out[t.name].detach().float().cpu().numpy())
+                    add("label", t.name, tg.labels[t.name].numpy())
+                    add("mask", t.name, tg.eval_mask[t.name].numpy().astype(bool))
+                    if t.name in tg.events:
+                        add("event", t.name, tg.events[t.name].numpy())
+                for name, col in oracle_cols.items():
+                    o = np.asarray(batch.extras[col])
+                    if name in hazard and (o.ndim != 2 or o.shape[1] != hazard[name]):
+                        raise DataError(
+                            f"oracle hazards must be lists of {hazard[name]} numbers per row", None, col
+                        )
+                    add("oracle", name, o.astype(np.float32))
+                if user_col:
+                    add("ids", "users", batch.extras[user_col])
+                if item_col:
+                    add("ids", "items", batch.extras[item_col])
+    finally:
+        model.train(was_training)
+
+    def joined(kind: str, key: str, empty: np.ndarray) -> np.ndarray:
+        parts = acc.get((kind, key))
+        return np.concatenate(parts) if parts else empty
+
+    def empty_for(t: TaskSpec) -> np.ndarray:
+        return np.zeros((0, hazard[t.name]) if t.name in hazard else 0, np.float32)
+
+    return Predictions(
+        scores={t.name: joined("score", t.name, empty_for(t)) for t in recipe.tasks},
+        labels={t.name: joined("label", t.name, np.zeros(0)) for t in recipe.tasks},
+        events={n: joined("event", n, np.zeros(0, np.float32)) for n in hazard},
+        eval_mask={t.name: joined("mask", t.name, np.zeros(0, bool)) for t in recipe.tasks},
+        oracle={n: joined("oracle", n, empty_for(recipe.task(n))) for n in oracle_cols},
+        users=joined("ids", "users", np.zeros(0, np.int64)) if user_col else None,
+        items=joined("ids", "items", np.zeros(0, np.int64)) if item_col else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: metrics
+# --------------------------------------------------------------------------------------------
+
+
+def oracle_lift(score: float, oracle_score: float) -> float:
+    """(score - 0.5) / (oracle - 0.5): 0 at chance, 1 at the oracle. NaN when the oracle is not
+    better than chance (the ratio would mean nothing) or either value is undefined."""
+    if not (math.isfinite(score) and math.isfinite(oracle_score)) or oracle_score <= 0.5:
+        return float("nan")
+    return (score - 0.5) / (oracle_score - 0.5)
+
+
+def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
+    """Ranking and calibration metrics of a binary task on its eval_mask rows."""
+    m = preds.eval_mask[name]
+    p = preds.scores[name][m].astype(np.float64)
+    y = preds.labels[name][m].astype(np.float64)
+    users = preds.users[m] if preds.users is not None else None
+    res: dict[str, Any] = {"auc": auc(p, y)}
+    if users is not None:
+        res["gauc"] = gauc(p, y, users)
+    res["logloss"] = logloss(p, y)
+    cal = calibration(p, y)
+    res["ece"], res["pred_obs_ratio"] = cal["ece"], cal["pred_obs_ratio"]
+    res["rows"] = int(m.sum())
+    if name in preds.oracle:
+        o = preds.oracle[name][m].astype(np.float64)
+        ok = np.isfinite(o)  # a row without an oracle value leaves the oracle metrics only
+        res["oracle_auc"] = auc(o[ok], y[ok])
+        if users is not None:
+            res["oracle_gauc"] = gauc(o[ok], y[ok], users[ok])
+        res["oracle_logloss"] = logloss(o[ok], y[ok])
+        res["oracle_lift"] = oracle_lift(res["auc"], res["oracle_auc"])
+    return res
+
+
+@dataclass
+class CreativeTable:
+    """One row per creative: its survival label and mean predicted (and oracle) hazards."""
+
+    interval: np.ndarray  # int64 [C]
+    event: np.ndarray  # bool [C]
+    hazard: np.ndarray  # float64 [C, L], mean over the creative's rows
+    oracle: np.ndarray | None  # float64 [C, L] or None
+    rows: np.ndarray  # int64 [C], rows behind each creative
+
+
+def per_creative(name: str, preds: Predictions) -> CreativeTable:
+    """Group a hazard task's eval rows by creative (the item column; each row on its own without
+    one): the first row's label, and hazards averaged over the rows (module docstring)."""
+    idx = np.flatnonzero(preds.eval_mask[name])
+    if preds.items is None:
+        rows, starts = idx, np.arange(len(idx))
+    else:
+        it = preds.items[idx]
+        order = np.argsort(it, kind="stable")  # stable: a creative's first row stays first
+        rows = idx[order]
+        sorted_items = it[order]
+        starts = np.flatnonzero(np.r_[True, sorted_items[1:] != sorted_items[:-1]]) if len(rows) else rows
+    counts = np.diff(np.r_[starts, len(rows)]).astype(np.int64)
+    first = rows[starts]
+
+    def mean(h: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return np.zeros((0, h.shape[1]))
+        return np.add.reduceat(h[rows].astype(np.float64), starts, axis=0) / counts[:, None]
+
+    return CreativeTable(
+        interval=preds.labels[name][first].astype(np.int64),
+        event=preds.events[name][first] > 0,
+        hazard=mean(preds.scores[name]),
+        oracle=mean(preds.oracle[name]) if name in preds.oracle else None,
+        rows=counts,
+    )
+
+
+def _hazard_metrics(task: TaskSpec, preds: Predictions) -> dict[str, Any]:
+    """Per-creative C-index, integrated Brier score and survival calibration of a hazard task."""
+    c = per_creative(task.name, preds)
+    assert task.grid is not None
+    widths = np.diff(np.asarray(task.grid, dtype=np.float64))
+    surv = survival_from_hazard(c.hazard)
+    risk = 1.0 - surv[:, -1] if len(surv) else np.zeros(0)
+    res: dict[str, Any] = {"c_index": c_index(c.interval, c.event, risk)}
+    o_surv = None
+    if c.oracle is not None:
+        o_surv = survival_from_hazard(c.oracle)
+        o_risk = 1.0 - o_surv[:, -1] if len(o_surv) else np.zeros(0)
+        res["oracle_c_index"] = c_index(c.interval, c.event, o_risk)
+        res["oracle_lift"] = oracle_lift(res["c_index"], res["oracle_c_index"])
+    res["creatives"] = len(c.interval)
+    res["events"] = int(c.event.sum())
+    empty = len(c.interval) == 0
+    res["ibs"] = float("nan") if empty else integrated_brier_score(c.interval, c.event, surv, widths)
+    if o_surv is not None:
+        res["oracle_ibs"] = (
+            float("nan") if empty else integrated_brier_score(c.interval, c.event, o_surv, widths)
+        )
+    observed = kaplan_meier(c.interval, c.event, task.num_intervals)
+    predicted = surv.mean(axis=0) if not empty else np.full(task.num_intervals, np.nan)
+    cal: dict[str, Any] = {
+        "time": list(task.grid[1:]),
+        "unit": task.unit,
+        "predicted": predicted,
+        "observed": observed if not empty else np.full(task.num_intervals, np.nan),
+        "max_abs_error": float(np.abs(predicted - observed).max()) if not empty else float("nan"),
+    }
+    if o_surv is not None:
+        cal["oracle"] = o_surv.mean(axis=0) if not empty else np.full(task.num_intervals, np.nan)
+    res["calibration"] = cal
+    return res
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-able copy: numpy scalars and arrays become Python numbers and lists, and NaN / inf
+    become None, so `json.dumps(..., allow_nan=False)` accepts the result."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def compute_metrics(
+    recipe: Recipe, preds: Predictions, experts: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The metrics dict (module docstring) of every recipe task, JSON-able with allow_nan=False.
+
+    `experts` (from `expert_diagnostics`) is passed through under "experts"; {} when not given.
+    """
+    tasks: dict[str, Any] = {}
+    for t in recipe.tasks:
+        tasks[t.name] = _binary_metrics(t.name, preds) if t.kind == "binary" else _hazard_metrics(t, preds)
+    return to_json({"tasks": tasks, "experts": experts or {}})
+
+
+# --------------------------------------------------------------------------------------------
+# Both steps
+# --------------------------------------------------------------------------------------------
+
+
+def expert_usage(model: torch.nn.Module, reader: ParquetReader, batches: int) -> dict[str, Any]:
+    """`expert_diagnostics` on the reader's first `batches` batches; {} for models without gates
+    (shared_bottom, DTRN without MMoE) or when `batches` is 0."""
+    from recsys_mtl.models import expert_diagnostics
+
+    if batches <= 0 or not getattr(model, "gate_experts", None):
+        return {}
+    device = _device(model)
+    inputs = (_model_inputs(b.features, device) for b in islice(iter(reader), batches))
+    return expert_diagnostics(model, inputs)  # type: ignore[arg-type]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    transform: FeatureTransform | None,
+    data_dir: str | Path,
+    start: str | dt.date | None = None,
+    end: str | dt.date | None = None,
+    batch_size: int | None = None,
+    diagnostics_batches: int = 20,
+) -> dict[str, Any]:
+    """Evaluate `model` on the days [start, end] of `data_dir`: {"tasks": ..., "experts": ...}.
+
+    `transform` must be the one the model was trained with (its dense statistics); None builds it
+    from the recipe. Expert diagnostics cover the first `diagnostics_batches` batches.
+    """
+    t0 = time.perf_counter()
+    reader = evaluation_reader(
+        recipe, data_dir, transform=transform, start=start, end=end, batch_size=batch_size
+    )
+    preds = predict(model, reader)
+    experts = expert_usage(model, reader, diagnostics_batches)
+    metrics = compute_metrics(recipe, preds, experts)
+    log.info("evaluated %d rows in %.1fs", preds.num_rows, time.perf_counter() - t0)
+    return metrics
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A compact per-task table of a metrics dict (binary tasks, then hazard tasks, then experts)."""
+    tasks = metrics.get("tasks", {})
+    binary = {n: r for n, r in tasks.items() if "auc" in r}
+    hazard = {n: r for n, r in tasks.items() if "c_index" in r}
+    lines: list[str] = []
+    if binary:
+        lines.append(
+            f"{'task':<14} {'rows':>10} {'AUC':>7} {'GAUC':>7} {'logloss':>8} {'ECE':>7} "
+            f"{'pred/obs':>8} {'oracleAUC':>9} {'lift':>6}"
+        )
+        for n, r in binary.items():
+            lines.append(
+                f"{n:<14} {r['rows']:>10,} {_fmt(r['auc']):>7} {_fmt(r.get('gauc')):>7} "
+                f"{_fmt(r['logloss']):>8} {_fmt(r['ece']):>7} {_fmt(r['pred_obs_ratio'], '.3f'):>8} "
+                f"{_fmt(r.get('oracle_auc')):>9} {_fmt(r.get('oracle_lift'), '.2f'):>6}"
+            )
+    if hazard:
+        lines.append(
+            f"{'task':<14} {'creatives':>10} {'events':>7} {'C-index':>7} {'IBS':>7} {'S err':>8} "
+            f"{'oracle C':>8} {'lift':>6}"
+        )
+        for n, r in hazard.items():
+            lines.append(
+                f"{n:<14} {r['creatives']:>10,} {r['events']:>7,} {_fmt(r['c_index']):>7} "
+                f"{_fmt(r['ibs']):>7} {_fmt(r['calibration']['max_abs_error']):>8} "
+                f"{_fmt(r.get('oracle_c_index')):>8} {_fmt(r.get('oracle_lift'), '.2f'):>6}"
+            )
+    zero = metrics.get("experts", {}).get("zero_share", {})
+    if zero:
+        worst = max(zero, key=lambda k: zero[k])
+        lines.append(f"experts: {len(zero)}, highest zero-activation share {zero[worst]:.3f} ({worst})")
+    return "\n".join(lines)

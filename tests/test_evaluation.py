@@ -1,0 +1,293 @@
+"""Evaluation: metrics on hand-built predictions (against scikit-learn and hand computations), the
+per-creative survival metrics, the JSON shape, and `evaluate` end to end on generated data with an
+untrained model and with the oracle itself as the model."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recsys_mtl.evaluation import (
+    Predictions,
+    compute_metrics,
+    evaluate,
+    evaluation_reader,
+    format_metrics,
+    per_creative,
+    predict,
+)
+from recsys_mtl.metrics import (
+    brier_scores,
+    c_index,
+    integrated_brier_score,
+    kaplan_meier,
+    survival_from_hazard,
+)
+from recsys_mtl.models import build_model
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.synth import SynthConfig, generate
+
+BINARY_KEYS = {"auc", "gauc", "logloss", "ece", "pred_obs_ratio", "rows"}
+BINARY_ORACLE_KEYS = {"oracle_auc", "oracle_gauc", "oracle_logloss", "oracle_lift"}
+HAZARD_KEYS = {"c_index", "creatives", "events", "ibs", "calibration"}
+HAZARD_ORACLE_KEYS = {"oracle_c_index", "oracle_lift", "oracle_ibs"}
+
+
+def hand_predictions(recipe: Recipe, n: int = 3000, seed: int = 0, oracle: bool = True) -> Predictions:
+    """Random but informative predictions for every task of `recipe`: scores correlate with labels,
+    creatives have several rows each (same label, varying predicted hazards)."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 60, n)
+    items = rng.integers(0, 200, n)
+    scores: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    events: dict[str, np.ndarray] = {}
+    mask: dict[str, np.ndarray] = {}
+    oracles: dict[str, np.ndarray] = {}
+    click = (rng.random(n) < 0.2).astype(np.float32)
+    for t in recipe.tasks:
+        if t.kind == "binary":
+            y = click if t.name == "ctr" else (click * (rng.random(n) < 0.3)).astype(np.float32)
+            truth = np.clip(0.2 + 0.5 * y + 0.3 * rng.random(n), 0, 1) * 0.9
+            scores[t.name] = np.clip(truth + rng.normal(0, 0.3, n), 0.01, 0.99).astype(np.float32)
+            labels[t.name] = y
+            mask[t.name] = click > 0 if t.eval_on else np.ones(n, bool)
+            oracles[t.name] = truth.astype(np.float32)
+        else:
+            L = t.num_intervals
+            creative_k = rng.integers(0, L, 200)  # per creative label, repeated on its rows
+            creative_d = rng.random(200) < 0.6
+            base = 0.02 + 0.3 * (L - creative_k) / L  # earlier stop -> higher hazard
+            labels[t.name] = creative_k[items].astype(np.int64)
+            events[t.name] = creative_d[items].astype(np.float32)
+            scores[t.name] = np.clip(base[items, None] + rng.normal(0, 0.05, (n, L)), 0.001, 0.999).astype(
+                np.float32
+            )
+            mask[t.name] = np.ones(n, bool)
+            oracles[t.name] = np.repeat(base[items, None], L, axis=1).astype(np.float32)
+    return Predictions(scores, labels, events, mask, oracles if oracle else {}, users, items)
+
+
+# --------------------------------------------------------------------------------------------
+# binary tasks
+# --------------------------------------------------------------------------------------------
+
+
+def test_binary_metrics_match_sklearn_and_hand_gauc(recipe: Recipe) -> None:
+    p = hand_predictions(recipe)
+    m = compute_metrics(recipe, p)["tasks"]["ctr"]
+    s, y = p.scores["ctr"].astype(np.float64), p.labels["ctr"].astype(np.float64)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["logloss"] == pytest.approx(log_loss(y, s), abs=1e-6)
+    assert m["rows"] == len(y)
+    # GAUC: per-user AUC weighted by the user's rows, users with one class skipped
+    num, den = 0.0, 0
+    for u in np.unique(p.users):
+        sel = p.users == u
+        if 0 < y[sel].sum() < sel.sum():
+            num += roc_auc_score(y[sel], s[sel]) * sel.sum()
+            den += sel.sum()
+    assert m["gauc"] == pytest.approx(num / den, abs=1e-12)
+    assert m["pred_obs_ratio"] == pytest.approx(s.mean() / y.mean(), rel=1e-9)
+    assert m["oracle_auc"] == pytest.approx(roc_auc_score(y, p.oracle["ctr"]), abs=1e-12)
+    assert m["oracle_lift"] == pytest.approx((m["auc"] - 0.5) / (m["oracle_auc"] - 0.5), abs=1e-12)
+    assert 0 < m["oracle_lift"] < 1
+
+
+def test_cvr_is_evaluated_on_clicked_rows_only(recipe: Recipe) -> None:
+    p = hand_predictions(recipe)
+    clicked = p.eval_mask["cvr"]
+    base = compute_metrics(recipe, p)["tasks"]["cvr"]
+    # scores on unclicked rows must not matter: make them perfectly anti-ranked there
+    s = p.scores["cvr"].copy()
+    s[~clicked] = 1.0 - p.labels["cvr"][~clicked]
+    m = compute_metrics(recipe, p.replace_scores({"cvr": s}))["tasks"]["cvr"]
+    assert m == base
+    assert m["rows"] == int(clicked.sum()) < len(clicked)
+    assert m["auc"] == pytest.approx(roc_auc_score(p.labels["cvr"][clicked], s[clicked]), abs=1e-12)
+    # ctcvr, by contrast, counts every impression
+    assert compute_metrics(recipe, p)["tasks"]["ctcvr"]["rows"] == p.num_rows
+
+
+# --------------------------------------------------------------------------------------------
+# hazard tasks
+# --------------------------------------------------------------------------------------------
+
+
+def test_c_index_counts_each_creative_once_with_its_mean_hazard(recipe: Recipe) -> None:
+    p = hand_predictions(recipe)
+    m = compute_metrics(recipe, p)["tasks"]["hazard_short"]
+    # by hand: first row per creative for the label, mean hazard over its rows for the risk
+    uniq, first = np.unique(p.items, return_index=True)
+    mean_h = np.stack([p.scores["hazard_short"][p.items == u].astype(np.float64).mean(0) for u in uniq])
+    risk = 1.0 - np.prod(1.0 - mean_h, axis=1)
+    k, d = p.labels["hazard_short"][first], p.events["hazard_short"][first]
+    assert m["creatives"] == len(uniq)
+    assert m["events"] == int(d.sum())
+    assert m["c_index"] == pytest.approx(c_index(k, d, risk), abs=1e-12)
+    # showing one creative 500 more times (same label, same mean hazard) changes nothing
+    rows = np.flatnonzero(p.items == uniq[0])
+    extra = np.r_[np.arange(p.num_rows), np.repeat(rows, 500 // len(rows) + 1)]
+    many = Predictions(
+        {t: v[extra] for t, v in p.scores.items()},
+        {t: v[extra] for t, v in p.labels.items()},
+        {t: v[extra] for t, v in p.events.items()},
+        {t: v[extra] for t, v in p.eval_mask.items()},
+        {t: v[extra] for t, v in p.oracle.items()},
+        p.users[extra],
+        p.items[extra],
+    )
+    m2 = compute_metrics(recipe, many)["tasks"]["hazard_short"]
+    assert m2["creatives"] == m["creatives"]
+    assert m2["c_index"] == pytest.approx(m["c_index"], abs=1e-12)
+    assert m2["oracle_lift"] == pytest.approx((m["c_index"] - 0.5) / (m["oracle_c_index"] - 0.5), abs=1e-12)
+
+
+def test_per_creative_with_string_ids_and_without_an_item_column(recipe: Recipe) -> None:
+    p = hand_predictions(recipe, n=500)
+    as_str = Predictions(p.scores, p.labels, p.events, p.eval_mask, p.oracle, p.users, p.items.astype(str))
+    a, b = per_creative("hazard_long", p), per_creative("hazard_long", as_str)
+    assert len(a.interval) == len(np.unique(p.items)) and a.rows.sum() == 500
+    np.testing.assert_allclose(np.sort(a.hazard[:, 0]), np.sort(b.hazard[:, 0]))
+    no_items = Predictions(p.scores, p.labels, p.events, p.eval_mask, p.oracle, p.users, None)
+    assert compute_metrics(recipe, no_items)["tasks"]["hazard_long"]["creatives"] == 500
+
+
+def test_kaplan_meier_and_brier_by_hand() -> None:
+    # 4 subjects on 3 intervals: event in 0, censored in 1 (survived it), event in 2, censored in 2
+    k, d = np.array([0, 1, 2, 2]), np.array([1, 0, 1, 0])
+    np.testing.assert_allclose(kaplan_meier(k, d, 3), [3 / 4, 3 / 4, 3 / 4 * 1 / 2])
+    # without censoring the IPCW Brier score is the plain mean squared error of S against alive/dead
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 5, 400)
+    s = survival_from_hazard(rng.uniform(0.05, 0.5, (400, 5)))
+    alive = (k[:, None] > np.arange(5)[None, :]).astype(float)
+    np.testing.assert_allclose(brier_scores(k, np.ones(400), s), ((alive - s) ** 2).mean(0))
+    w = np.array([1.0, 1.0, 2.0, 2.0, 4.0])
+    assert integrated_brier_score(k, np.ones(400), s, w) == pytest.approx(
+        float((((alive - s) ** 2).mean(0) * w).sum() / w.sum())
+    )
+    # with censoring, the truth scores better than a constant guess
+    d = rng.random(400) < 0.7
+    assert integrated_brier_score(k, d, np.where(alive > 0, 1.0, 0.0)) < integrated_brier_score(
+        k, d, np.full((400, 5), 0.5)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# shape, JSON, concatenation
+# --------------------------------------------------------------------------------------------
+
+
+def test_without_oracle_or_users_the_keys_are_absent_and_json_is_strict(recipe: Recipe) -> None:
+    p = hand_predictions(recipe, oracle=False)
+    p = Predictions(p.scores, p.labels, p.events, p.eval_mask, {}, None, p.items)
+    p.labels["cvr"][:] = 0.0  # one class only: AUC undefined -> null, not NaN
+    m = compute_metrics(recipe, p)
+    json.dumps(m, allow_nan=False)
+    assert set(m["tasks"]["ctr"]) == BINARY_KEYS - {"gauc"}
+    assert set(m["tasks"]["hazard_short"]) == HAZARD_KEYS
+    assert m["tasks"]["cvr"]["auc"] is None
+    assert "oracle_c_index" not in m["tasks"]["hazard_long"]
+    assert "oracle" not in m["tasks"]["hazard_long"]["calibration"]
+    assert "ctr" in format_metrics(m)
+
+
+def test_concat_gives_the_metrics_of_all_rows_together(recipe: Recipe) -> None:
+    p = hand_predictions(recipe)
+    cuts = [0, 700, 700, 2100, p.num_rows]  # includes an empty part (a rank with no rows)
+    parts = [
+        Predictions(
+            {t: v[a:b] for t, v in p.scores.items()},
+            {t: v[a:b] for t, v in p.labels.items()},
+            {t: v[a:b] for t, v in p.events.items()},
+            {t: v[a:b] for t, v in p.eval_mask.items()},
+            {t: v[a:b] for t, v in p.oracle.items()},
+            p.users[a:b],
+            p.items[a:b],
+        )
+        for a, b in pairwise(cuts)
+    ]
+    joined = Predictions.concat(parts)
+    assert joined.num_rows == p.num_rows
+    assert compute_metrics(recipe, joined) == compute_metrics(recipe, p)
+    # not the same thing as averaging per-part AUCs
+    part_aucs = [compute_metrics(recipe, q)["tasks"]["ctr"]["auc"] for q in parts if q.num_rows]
+    assert np.mean(part_aucs) != compute_metrics(recipe, p)["tasks"]["ctr"]["auc"]
+
+
+# --------------------------------------------------------------------------------------------
+# end to end on generated data
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "data"
+    generate(SynthConfig(rows=20_000, days=2, seed=0), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def untrained(recipe: Recipe) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(recipe)
+
+
+def test_evaluate_untrained_model_end_to_end(
+    recipe: Recipe, synth_dir: Path, untrained: torch.nn.Module
+) -> None:
+    m: dict[str, Any] = evaluate(untrained, recipe, None, synth_dir, batch_size=4096)
+    json.dumps(m, allow_nan=False)
+    assert set(m) == {"tasks", "experts"}
+    assert list(m["tasks"]) == [t.name for t in recipe.tasks]
+    for t in recipe.tasks:
+        r = m["tasks"][t.name]
+        if t.kind == "binary":
+            assert set(r) == BINARY_KEYS | BINARY_ORACLE_KEYS
+            assert r["oracle_auc"] > 0.7  # the truth ranks far better than chance
+            # an untrained model ranks at about chance: a small fraction of the oracle's lift
+            assert abs(r["oracle_lift"]) < 0.3, (t.name, r)
+        else:
+            assert set(r) == HAZARD_KEYS | HAZARD_ORACLE_KEYS
+            assert r["oracle_c_index"] > 0.75 and r["creatives"] > 1000 and r["events"] > 10
+            assert r["oracle_ibs"] < r["ibs"]  # an untrained hazard (~0.5 a day) is badly calibrated
+            # no lift bound here: creative_age_days at the impression alone orders creatives by
+            # their survival label, so even an untrained model's C-index can be far from 0.5
+            cal = r["calibration"]
+            assert len(cal["predicted"]) == len(cal["observed"]) == len(cal["oracle"]) == t.num_intervals
+    assert m["tasks"]["cvr"]["rows"] < m["tasks"]["ctr"]["rows"] == 20_000
+    gw = m["experts"]["gate_weights"]
+    assert set(gw) == {t.name for t in recipe.head_tasks}
+    assert all(sum(w) == pytest.approx(1.0) for w in gw.values())
+
+
+def test_the_oracle_as_the_model_has_lift_one(
+    recipe: Recipe, synth_dir: Path, untrained: torch.nn.Module
+) -> None:
+    preds = predict(untrained, evaluation_reader(recipe, synth_dir, batch_size=4096))
+    assert preds.num_rows == 20_000
+    assert preds.scores["hazard_short"].shape == preds.oracle["hazard_short"].shape == (20_000, 14)
+    assert preds.users is not None and preds.items is not None and len(preds.items) == 20_000
+    m = compute_metrics(recipe, preds.replace_scores(preds.oracle))["tasks"]
+    for t in recipe.tasks:
+        assert m[t.name]["oracle_lift"] == pytest.approx(1.0, abs=1e-12), t.name
+    assert m["ctr"]["pred_obs_ratio"] == pytest.approx(1.0, abs=0.1)  # the truth is calibrated
+
+
+def test_evaluate_on_data_with_some_oracle_columns(
+    recipe: Recipe, data_dir: Path, untrained: torch.nn.Module
+) -> None:
+    # conftest's hand-made data has oracle_ctr only (and nulls, NaN, odd values in the features)
+    m = evaluate(untrained, recipe, None, data_dir, diagnostics_batches=0)
+    json.dumps(m, allow_nan=False)
+    assert "oracle_auc" in m["tasks"]["ctr"] and "oracle_auc" not in m["tasks"]["ctcvr"]
+    assert "oracle_c_index" not in m["tasks"]["hazard_short"]
+    assert m["experts"] == {}
