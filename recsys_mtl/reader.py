@@ -175,8 +175,18 @@ class ParquetReader:
         )
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.iter_batches()
+
+    def iter_batches(self, skip: int = 0) -> Iterator[Batch]:
+        """The epoch's batches after the first `skip` (resuming mid-epoch): skipped windows are read
+        (the shuffle's random stream must advance identically) but not transformed."""
         bs = self.batch_size
         for w in self._windows():
+            n_batches = -(-w.num_rows // bs)
+            if skip >= n_batches:
+                skip -= n_batches
+                continue
             big = self.to_batch(w)
-            for i in range(0, big.num_rows, bs):
+            for i in range(skip * bs, big.num_rows, bs):
                 yield big.slice_rows(i, min(i + bs, big.num_rows))
+            skip = 0

@@ -3,8 +3,9 @@
 ```
 RUN/run.json        recipe, feature transform spec (with the dense statistics fitted on training
                     data), data range, steps, throughput, loss curve, sharding plan
-RUN/checkpoint/     torch.distributed.checkpoint (DCP) of the model: written by every rank of a
-                    sharded run, each its own shards; loadable into an unsharded model anywhere
+RUN/checkpoints/    torch.distributed.checkpoint (DCP) checkpoints (recsys_mtl.checkpoint): written
+                    by every rank of a sharded run, each its own shards; loadable into an unsharded
+                    model anywhere
 RUN/metrics.json    evaluation on the held-out days
 ```
 
@@ -16,8 +17,10 @@ export need.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,9 @@ from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.transform import FeatureTransform
 
 RUN_FILE = "run.json"
-CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
+
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
@@ -62,13 +66,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def save_model_checkpoint(model: nn.Module, run_dir: Path) -> None:
-    """Save the (possibly sharded) model with DCP; every rank of the group must call this."""
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save({"model": model.state_dict()}, checkpoint_id=str(run_dir / CHECKPOINT_DIR))
-
-
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
@@ -83,15 +80,22 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """The run's recipe, transform, and trained model (unsharded, CPU, eval mode)."""
     import torch.distributed.checkpoint as dcp
 
+    from recsys_mtl.checkpoint import latest_checkpoint
+
     path = Path(run_dir)
     info = read_run_info(path)
-    if not (path / CHECKPOINT_DIR).is_dir():
-        raise RunError(f"{path}: the run has no checkpoint yet (training did not finish)")
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise RunError(f"{path}: the run has no checkpoint yet")
+    if info.get("status") != "finished":
+        log.warning("%s: training did not finish; loading its latest checkpoint (%s)", path, latest[0].name)
     recipe = recipe_from_dict(info["recipe"], str(path / RUN_FILE))
     transform = FeatureTransform.from_spec(info["transform"])
     model = build_model(recipe)
     state = model.state_dict()
-    dcp.load({"model": state}, checkpoint_id=str(path / CHECKPOINT_DIR), no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is disabled": intended, no_dist
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load({"model": state}, checkpoint_id=str(latest[0]), no_dist=True)
     model.load_state_dict(state)
     model.eval()
     return LoadedRun(path=path, recipe=recipe, transform=transform, model=model, info=info)

@@ -27,6 +27,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from recsys_mtl.checkpoint import (
+    latest_checkpoint,
+    load_model_weights,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
 from recsys_mtl.dataset import DataError, inspect_partitions, list_partitions
 from recsys_mtl.distributed import (
     DistContext,
@@ -38,8 +44,8 @@ from recsys_mtl.distributed import (
 )
 from recsys_mtl.models import build_model, total_loss
 from recsys_mtl.reader import ParquetReader
-from recsys_mtl.recipe import Recipe
-from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, save_model_checkpoint, write_json_atomic
+from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, read_run_info, write_json_atomic
 from recsys_mtl.transform import FeatureTransform
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,9 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads per rank; None: cores / ranks
     device: str = "cpu"
     overwrite: bool = False
+    resume: bool = False  # continue the run in `out` from its latest checkpoint
+    warm_start: Path | None = None  # a run directory or checkpoint to take initial weights from
+    checkpoint_every: int | None = None  # None: the recipe's
     progress: bool = True
     evaluate: bool = True
     log_every: int = 20
@@ -135,13 +144,64 @@ def train(recipe: Recipe, cfg: TrainConfig) -> dict[str, Any]:
         shutdown(ctx)
 
 
+def _start_or_resume(
+    recipe: Recipe, cfg: TrainConfig, ctx: DistContext
+) -> tuple[Recipe, FeatureTransform, DaySplit]:
+    """A new run writes run.json (status "running") first; a resumed run takes recipe, transform
+    statistics and day split from it, so it continues exactly the training it interrupted."""
+    if cfg.resume:
+        info = read_run_info(cfg.out)
+        run_recipe = recipe_from_dict(info["recipe"], str(cfg.out / RUN_FILE))
+        if run_recipe != recipe and ctx.is_main:
+            log.warning("--resume: using the run's own recipe, not the one given on the command line")
+        split = DaySplit(
+            train=[dt.date.fromisoformat(d) for d in info["data"]["train_days"]],
+            eval=[dt.date.fromisoformat(d) for d in info["data"]["eval_days"]],
+        )
+        return run_recipe, FeatureTransform.from_spec(info["transform"]), split
+    _prepare_out(cfg, ctx)
+    split = split_days(recipe, cfg)
+    transform = fit_transform(recipe, cfg, split)
+    if ctx.is_main:
+        write_json_atomic(
+            cfg.out / RUN_FILE, {"status": "running", **_run_header(recipe, transform, cfg, split)}
+        )
+    dist.barrier()
+    return recipe, transform, split
+
+
+def _run_header(
+    recipe: Recipe, transform: FeatureTransform, cfg: TrainConfig, split: DaySplit
+) -> dict[str, Any]:
+    return {
+        "recipe": recipe.to_dict(),
+        "transform": transform.spec(),
+        "data": {
+            "dir": str(cfg.data_dir),
+            "train_days": [d.isoformat() for d in split.train],
+            "eval_days": [d.isoformat() for d in split.eval],
+        },
+    }
+
+
+def _warm_start_checkpoint(source: Path) -> Path:
+    """The checkpoint directory to warm-start from: a run directory's latest checkpoint, or a
+    checkpoint directory itself (e.g. a registry version's `weights/`)."""
+    latest = latest_checkpoint(source)
+    if latest is not None:
+        return latest[0]
+    if (source / ".metadata").is_file():  # a DCP checkpoint directory
+        return source
+    if (source / "weights" / ".metadata").is_file():  # a registry version directory
+        return source / "weights"
+    raise DataError("nothing to warm-start from (no checkpoint in it)", source)
+
+
 def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
     threads = cfg.threads or max(1, (torch.get_num_threads() or 1) // max(1, _local_world(ctx)))
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.training.seed + ctx.rank)
-    _prepare_out(cfg, ctx)
-    split = split_days(recipe, cfg)
-    transform = fit_transform(recipe, cfg, split)
+    recipe, transform, split = _start_or_resume(recipe, cfg, ctx)
     bs = cfg.batch_size or recipe.training.batch_size
     epochs = cfg.epochs or recipe.training.epochs
     reader = ParquetReader(
@@ -168,9 +228,34 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     dense_params = [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
     optimizer = dense_optimizer(recipe.training.dense_optimizer, dense_params)
     plan = plan_summary(model)
+
+    step, curve, elapsed = 0, [], 0.0
+    latest = latest_checkpoint(cfg.out) if cfg.resume else None
+    if latest is not None:
+        ck, progress = latest
+        load_training_checkpoint(ck, model, optimizer, ctx.rank)
+        curve, elapsed = list(progress["loss_curve"]), float(progress["seconds"])
+        # Position in samples, so a run saved with N ranks resumes with any other number.
+        step = int(progress["samples"]) // (bs * ctx.world_size)
+        if ctx.is_main:
+            same = progress["world_size"] == ctx.world_size and progress["batch_size_per_rank"] == bs
+            log.info(
+                "resuming from %s at step %d%s",
+                ck.name,
+                step,
+                "" if same else " (different world size or batch: position mapped by samples seen)",
+            )
+    elif cfg.resume and ctx.is_main:
+        log.info("--resume: no checkpoint yet in %s; starting from step 0", cfg.out)
+    if cfg.warm_start and latest is None:
+        src = _warm_start_checkpoint(Path(cfg.warm_start))
+        load_model_weights(model, src)
+        if ctx.is_main:
+            log.info("warm start: model weights from %s", src)
+
     if ctx.is_main:
         log.info(
-            "training %s (%s) on %d rank(s), %d thread(s) each: days %s..%s, %d steps of %d rows/rank; "
+            "training %s (%s) on %d rank(s), %d thread(s) each: days %s..%s, steps %d..%d of %d rows/rank; "
             "held out %s",
             recipe.name,
             recipe.model.type,
@@ -178,6 +263,7 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
             threads,
             split.train[0],
             split.train[-1],
+            step,
             total_steps,
             bs,
             [d.isoformat() for d in split.eval] or "nothing",
@@ -185,13 +271,25 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         for table, p in plan.items():
             log.info("  table %-14s %-13s ranks %s", table, p["sharding_type"], p["ranks"])
 
+    every = cfg.checkpoint_every or recipe.training.checkpoint_every
+
+    def progress_now() -> dict[str, Any]:
+        return {
+            "step": step,
+            "samples": step * bs * ctx.world_size,
+            "world_size": ctx.world_size,
+            "batch_size_per_rank": bs,
+            "seconds": elapsed + time.perf_counter() - t0,
+            "loss_curve": curve,
+        }
+
     model.train()
-    curve: list[dict[str, float]] = []
     window: dict[str, float] = {}
     window_steps = 0
-    step = 0
+    first_step = step
     bar = tqdm(
         total=total_steps,
+        initial=step,
         desc="train",
         unit="step",
         disable=not (cfg.progress and ctx.is_main),
@@ -199,9 +297,10 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     )
     t0 = time.perf_counter()
     try:
-        for epoch in range(epochs):
+        while step < total_steps:
+            epoch, skip = divmod(step, steps_per_epoch)
             reader.set_epoch(epoch)
-            for i, batch in enumerate(reader):
+            for i, batch in enumerate(reader.iter_batches(skip=skip), start=skip):
                 if i >= steps_per_epoch or step >= total_steps:
                     break
                 outputs = model(batch.features.sparse, batch.features.dense)
@@ -222,43 +321,39 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     point = {k: v / window_steps for k, v in window.items()}
                     curve.append({"step": step, **point})
                     window, window_steps = {}, 0
-                    rate = step * bs * ctx.world_size / (time.perf_counter() - t0)
+                    rate = (step - first_step) * bs * ctx.world_size / (time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
                 bar.update(1)
-            if step >= total_steps:
-                break
+                if step % every == 0 and step < total_steps:
+                    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    samples = step * bs * ctx.world_size
-
-    save_model_checkpoint(model, cfg.out)
+    samples = (step - first_step) * bs * ctx.world_size
+    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
     info: dict[str, Any] = {
-        "recipe": recipe.to_dict(),
-        "transform": transform.spec(),
-        "data": {
-            "dir": str(cfg.data_dir),
-            "train_days": [d.isoformat() for d in split.train],
-            "eval_days": [d.isoformat() for d in split.eval],
-        },
+        "status": "finished",
+        **_run_header(recipe, transform, cfg, split),
         "world_size": ctx.world_size,
         "threads_per_rank": threads,
         "batch_size_per_rank": bs,
         "steps": step,
         "epochs": epochs,
-        "samples": samples,
-        "seconds": seconds,
-        "samples_per_s": samples / seconds if seconds > 0 else None,
+        "samples": step * bs * ctx.world_size,
+        "seconds": elapsed + seconds,
+        # throughput of this invocation only (a resumed run does not count the earlier one)
+        "samples_per_s": samples / seconds if seconds > 0 and samples else None,
         "parameters": None,
         "loss_curve": curve,
         "sharding_plan": plan,
+        "warm_start": str(cfg.warm_start) if cfg.warm_start else None,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     if ctx.is_main:
         info["parameters"] = count_parameters(build_model(recipe))
         write_json_atomic(cfg.out / RUN_FILE, info)
         log.info(
-            "trained %d steps, %s samples in %.1fs (%s samples/s); checkpoint in %s",
+            "trained to step %d: %s samples in %.1fs (%s samples/s); checkpoint in %s",
             step,
             f"{samples:,}",
             seconds,

@@ -191,3 +191,15 @@ def test_train_on_restricts_the_loss_rows(recipe, raw_table) -> None:
     tg = targets_from_table(recipe_from_dict(d), raw_table)
     click = raw_table.column("click").to_numpy() > 0
     assert torch.equal(tg.weights["cvr"] > 0, torch.from_numpy(click))
+
+
+def test_iter_batches_skip_resumes_the_same_stream(recipe, data_dir) -> None:
+    reader = ParquetReader(recipe, data_dir, batch_size=128, shuffle_buffer=500, seed=3)
+    reader.set_epoch(2)
+    full = [ids_of(b) for b in reader.iter_batches()]
+    for skip in (0, 3, 4, 9, 15):
+        assert [ids_of(b) for b in reader.iter_batches(skip=skip)] == full[skip:]
+
+
+def ids_of(batch) -> list[int]:
+    return batch.features.sparse["user_id"].values().tolist()

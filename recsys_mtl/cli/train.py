@@ -43,6 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint (any number of ranks)",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from the weights of an earlier run (its latest checkpoint), a checkpoint "
+        "directory, or a registry version directory",
+    )
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the recipe's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,12 +93,17 @@ def _launch(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         return fail(ValueError("--nproc must be >= 1"))
-    if args.nproc > 1 and "RANK" not in os.environ:
-        return _launch(args)
-
     from recsys_mtl.dataset import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
+    from recsys_mtl.run import RunError
     from recsys_mtl.trainer import TrainConfig, train
+
+    if args.nproc > 1 and "RANK" not in os.environ:
+        try:  # a bad recipe is reported once, here, not once per rank
+            load_recipe(args.recipe or DEFAULT_RECIPE)
+        except RecipeError as e:
+            return fail(e)
+        return _launch(args)
 
     cfg = TrainConfig(
         data_dir=args.data,
@@ -100,11 +118,14 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        resume=args.resume,
+        warm_start=args.warm_start,
+        checkpoint_every=args.checkpoint_every,
     )
     try:
         recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
         info = train(recipe, cfg)
-    except (RecipeError, DataError, FileExistsError, ValueError) as e:
+    except (RecipeError, DataError, RunError, FileExistsError, ValueError) as e:
         return fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
         from recsys_mtl.evaluation import format_metrics

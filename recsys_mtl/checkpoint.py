@@ -1,0 +1,107 @@
+"""Training checkpoints: sharded model and optimizer state with torch.distributed.checkpoint (DCP).
+
+```
+RUN/checkpoints/step-00000120/   DCP files: "model" (sharded tables + replicated dense weights)
+                                 and "sparse_optim" (the fused row-wise optimizer state, sharded
+                                 like the tables); dense_optim.pt (the replicated dense optimizer,
+                                 rank 0); rng-rank<r>.pt (each rank's torch RNG); progress.json
+RUN/checkpoints/latest.json      {"step": 120, "dir": "step-00000120"}, switched by atomic rename
+                                 only after every rank finished writing
+```
+
+DCP stores each shard with its global offsets, so a checkpoint written by N ranks loads into any
+other number of ranks (TorchRec reshards), or into a plain unsharded model on one CPU
+(`no_dist=True`), which is what evaluation and export do. Only the last `KEEP` checkpoints stay.
+Everything written here is tensors or JSON: loading never unpickles arbitrary objects
+(`torch.load(..., weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recsys_mtl.run import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+KEEP = 2
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint directory, its progress) of the newest complete checkpoint, or None."""
+    p = checkpoints_dir(run_dir) / LATEST
+    if not p.is_file():
+        return None
+    pointer = json.loads(p.read_text())
+    ck = checkpoints_dir(run_dir) / pointer["dir"]
+    return ck, json.loads((ck / "progress.json").read_text())
+
+
+def save_training_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    dense_optimizer: torch.optim.Optimizer,
+    progress: dict[str, Any],
+    rank: int,
+) -> Path:
+    """Every rank calls this at the same step; returns the checkpoint directory."""
+    import torch.distributed.checkpoint as dcp
+
+    step = int(progress["step"])
+    ck = checkpoints_dir(run_dir) / f"step-{step:08d}"
+    state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}
+    dcp.save(state, checkpoint_id=str(ck))
+    torch.save(torch.get_rng_state(), ck / f"rng-rank{rank}.pt")
+    if rank == 0:
+        torch.save(dense_optimizer.state_dict(), ck / "dense_optim.pt")
+        write_json_atomic(ck / "progress.json", progress)
+    dist.barrier()  # every rank's shards are on disk before the pointer moves
+    if rank == 0:
+        write_json_atomic(checkpoints_dir(run_dir) / LATEST, {"step": step, "dir": ck.name})
+        old = sorted(p for p in checkpoints_dir(run_dir).glob("step-*") if p.is_dir() and p != ck)
+        for p in old[: max(0, len(old) - (KEEP - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    dist.barrier()
+    return ck
+
+
+def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
+    """Load only the model weights of a checkpoint into a (sharded or plain) model in place."""
+    import torch.distributed.checkpoint as dcp
+
+    state = model.state_dict()
+    dcp.load({"model": state}, checkpoint_id=str(checkpoint))
+    model.load_state_dict(state)
+
+
+def load_training_checkpoint(
+    checkpoint: Path,
+    model: nn.Module,
+    dense_optimizer: torch.optim.Optimizer,
+    rank: int,
+) -> None:
+    """Restore model, both optimizers and this rank's RNG (same or different world size)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint))
+    model.load_state_dict(state["model"])
+    model.fused_optimizer.load_state_dict(state["sparse_optim"])
+    dense_optimizer.load_state_dict(torch.load(checkpoint / "dense_optim.pt", weights_only=True))
+    rng = checkpoint / f"rng-rank{rank}.pt"
+    if rng.is_file():
+        torch.set_rng_state(torch.load(rng, weights_only=True))
