@@ -72,8 +72,8 @@ def main() -> int:
         n = reader.num_rows
 
         def decode_only() -> None:
-            for info, rg in reader.units:
-                pq.ParquetFile(info.path).read_row_group(rg, columns=reader.columns)
+            for u in reader.units:
+                pq.ParquetFile(u.info.path).read_row_group(u.row_group, columns=reader.columns)
 
         def read_all(r: ParquetReader) -> None:
             for _ in r:

@@ -2,8 +2,10 @@
 
 On synthetic data the `oracle_*` columns are the true probabilities and hazards; their AUC and
 C-index are the best any model can reach on this sample, the yardstick for every trained model.
-Hazard tasks are measured per creative (its survival label is the creative's, repeated on each of
-its rows), so a creative counts once.
+Hazard tasks are measured per survival subject (a creative on a day, by default a creative: the rows
+sharing the task's subject column, `Recipe.subject_column`, share its survival label), so a subject
+counts once; a hazard task whose subject column the data lacks is left out. (The ``creatives`` key
+counts subjects.)
 """
 
 from __future__ import annotations
@@ -29,15 +31,15 @@ def summarize(
     end: str | dt.date | None = None,
 ) -> dict[str, Any]:
     files = inspect_partitions(recipe, data_dir, start, end)
-    item = recipe.data.item_column
+    subject_cols = {t.name: recipe.subject_column(t) for t in recipe.tasks if t.kind == "hazard"}
     oracle_cols = {t.name: t.oracle_prefix for t in recipe.tasks if t.oracle_prefix in files[0].schema.names}
-    cols = list(dict.fromkeys([*recipe.label_columns(), item, *oracle_cols.values()]))
+    cols = list(dict.fromkeys([*recipe.label_columns(), *subject_cols.values(), *oracle_cols.values()]))
     cols = [c for c in cols if c in files[0].schema.names]
 
     binary: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = {
         t.name: [] for t in recipe.tasks if t.kind == "binary"
     }
-    # per hazard task: per file (creative ids, interval, event, oracle risk or None), first rows only
+    # per hazard task: per file (subject ids, interval, event, oracle risk or None), first rows only
     hazard: dict[str, list[tuple[np.ndarray, ...]]] = {t.name: [] for t in recipe.tasks if t.kind == "hazard"}
     rows_per_day: dict[str, int] = {}
     for info in files:
@@ -49,17 +51,20 @@ def summarize(
             y = tg.labels[name].numpy()[m]
             o = column_to_numpy(table.column(oracle_cols[name]))[m] if name in oracle_cols else None
             binary[name].append((y, o))
-        if hazard and item in table.schema.names:
-            items = column_to_numpy(table.column(item))
-            _, first = np.unique(items, return_index=True)
-            for name, parts in hazard.items():
-                risk = np.full(len(first), np.nan)
-                if name in oracle_cols:
-                    h = column_to_numpy(table.column(oracle_cols[name]))[first].astype(np.float64)
-                    risk = 1.0 - np.prod(1.0 - h, axis=1)
-                parts.append(
-                    (items[first], tg.labels[name].numpy()[first], tg.events[name].numpy()[first], risk)
-                )
+        firsts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # subject column -> (ids, first rows)
+        for name, parts in hazard.items():
+            col = subject_cols[name]
+            if col not in table.schema.names:
+                continue
+            if col not in firsts:
+                ids = column_to_numpy(table.column(col))
+                firsts[col] = ids, np.unique(ids, return_index=True)[1]
+            items, first = firsts[col]
+            risk = np.full(len(first), np.nan)
+            if name in oracle_cols:
+                h = column_to_numpy(table.column(oracle_cols[name]))[first].astype(np.float64)
+                risk = 1.0 - np.prod(1.0 - h, axis=1)
+            parts.append((items[first], tg.labels[name].numpy()[first], tg.events[name].numpy()[first], risk))
 
     out: dict[str, Any] = {"rows": sum(rows_per_day.values()), "days": rows_per_day, "tasks": {}}
     for name, parts in binary.items():
@@ -74,7 +79,7 @@ def summarize(
         if not parts:
             continue
         items, k, d, risk = (np.concatenate(c) for c in zip(*parts, strict=True))
-        _, first = np.unique(items, return_index=True)  # a creative spanning files counts once
+        _, first = np.unique(items, return_index=True)  # a subject spanning files counts once
         k, d, risk = k[first], d[first], risk[first]
         res = {"creatives": len(k), "event_rate": float(d.mean())}
         if not np.isnan(risk).any():

@@ -4,10 +4,10 @@ The two steps are kept apart on purpose:
 
 1. `predict(model, reader) -> Predictions` runs the model (eval mode, no gradients) over every row
    the reader yields and keeps plain numpy arrays: per task the prediction, label, event and
-   evaluation mask, plus the user and item ids and the `oracle_*` ground truth where the data has
-   them. A distributed evaluation gathers each rank's `Predictions` to rank 0 and joins them with
-   `Predictions.concat`, so the metrics are those of all rows together (the AUC over every rank's
-   predictions, never an average of per-rank AUCs).
+   evaluation mask, plus the user and item ids, each hazard task's survival subject ids and the
+   `oracle_*` ground truth where the data has them. A distributed evaluation gathers each rank's
+   `Predictions` to rank 0 and joins them with `Predictions.concat`, so the metrics are those of all
+   rows together (the AUC over every rank's predictions, never an average of per-rank AUCs).
 2. `compute_metrics(recipe, preds) -> dict` turns them into the JSON-able metrics dict:
 
    binary task   auc, gauc (by the recipe's user column), logloss, ece, pred_obs_ratio, rows, and
@@ -15,7 +15,7 @@ The two steps are kept apart on purpose:
                  oracle_lift = (auc - 0.5) / (oracle_auc - 0.5): the share of the achievable
                  ranking quality above chance that the model reaches. Only the task's eval_mask
                  rows count (CVR: clicked rows).
-   hazard task   per creative (see below): c_index (Harrell's, risk = 1 - S(horizon) of the
+   hazard task   per survival subject (see below): c_index (Harrell's, risk = 1 - S(horizon) of the
                  task's grid), ibs (integrated Brier score), creatives, events, calibration
                  (mean predicted survival vs the Kaplan-Meier curve at each interval end), and
                  oracle_c_index, oracle_lift = (c - 0.5) / (oracle_c - 0.5), oracle_ibs.
@@ -23,14 +23,16 @@ The two steps are kept apart on purpose:
    Oracle keys exist only where the data has the task's oracle column (real data has none: the
    keys are absent, not null). Undefined values (one class only, no rows) are null, never NaN.
 
-Hazard tasks are evaluated per creative, not per impression: the survival label belongs to the
-creative and repeats on each of its rows, so a creative shown 1,000 times must not count 1,000
-times. Rows are grouped by the recipe's item column (the first row's label is the creative's). The
-model's prediction for a creative is the mean of its predicted hazards over the creative's rows
-(choice): the hazard head sees row-level context (user, position, creative age at the impression),
-and averaging per interval keeps a proper hazard in [0, 1] whose survival curve summarises all
-the contexts the creative was seen in. The oracle hazard is the creative's own, the same on each
-row, so its mean is itself. Data without the item column is evaluated one row per creative.
+Hazard tasks are evaluated per survival subject (a creative on a day, by default a creative), not
+per impression: the survival label belongs to the subject and repeats on each of its rows, so a
+subject shown 1,000 times must not count 1,000 times. Rows are grouped by the task's subject column
+(`Recipe.subject_column`: its `subject_column`, by default the recipe's item column; the first
+row's label is the subject's). The model's prediction for a subject is the mean of its predicted
+hazards over the subject's rows (choice): the hazard head sees row-level context (user, position,
+creative age at the impression), and averaging per interval keeps a proper hazard in [0, 1] whose
+survival curve summarises all the contexts the subject was seen in. The oracle hazard is the
+subject's own, the same on each row, so its mean is itself. Data without the subject column is
+evaluated one row per subject. (The metric keys keep the name ``creatives`` for the subject count.)
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class Predictions:
     oracle     task -> the oracle column's values (binary [N], hazard [N, L]) where the data has it
     users      the recipe's user column [N] (GAUC groups), None when the data lacks it
     items      the recipe's item column [N] (creatives), None when the data lacks it
+    subjects   hazard task -> its subject column [N] (`Recipe.subject_column`: the survival subjects
+               hazard metrics group by) where the data has it
     """
 
     scores: dict[str, np.ndarray]
@@ -92,6 +96,7 @@ class Predictions:
     oracle: dict[str, np.ndarray] = field(default_factory=dict)
     users: np.ndarray | None = None
     items: np.ndarray | None = None
+    subjects: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -107,6 +112,7 @@ class Predictions:
             self.oracle,
             self.users,
             self.items,
+            self.subjects,
         )
 
     @classmethod
@@ -114,7 +120,8 @@ class Predictions:
         """Rows of all `parts` in order (e.g. every rank's predictions gathered on rank 0).
 
         The parts must hold the same tasks and oracle columns; user (item) ids are kept only if every
-        part has them. Empty parts are skipped so their placeholder dtypes never change the ids'.
+        part has them, a hazard task's subject ids likewise. Empty parts are skipped so their
+        placeholder dtypes never change the ids'.
         """
         if not parts:
             raise ValueError("Predictions.concat needs at least one part")
@@ -139,13 +146,25 @@ class Predictions:
             oracle=cat(lambda p: p.oracle),
             users=ids(lambda p: p.users),
             items=ids(lambda p: p.items),
+            subjects={
+                k: np.concatenate([p.subjects[k] for p in rows])
+                for k in first.subjects
+                if all(k in p.subjects for p in rows)
+            },
         )
 
 
 def evaluation_columns(recipe: Recipe, schema_names: Sequence[str]) -> list[str]:
     """The extra columns evaluation reads, among those the data has: the user column (GAUC), the
-    item column (per-creative survival) and each task's oracle column."""
-    wanted = [recipe.data.user_column, recipe.data.item_column, *(t.oracle_prefix for t in recipe.tasks)]
+    item column, each hazard task's subject column (per-subject survival) and each task's oracle
+    column."""
+    subjects = [recipe.subject_column(t) for t in recipe.tasks if t.kind == "hazard"]
+    wanted = [
+        recipe.data.user_column,
+        recipe.data.item_column,
+        *subjects,
+        *(t.oracle_prefix for t in recipe.tasks),
+    ]
     have = set(schema_names)
     return [c for c in dict.fromkeys(wanted) if c in have]
 
@@ -197,8 +216,8 @@ def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
     """Run `model` over every batch of `reader` and collect `Predictions` (see its fields).
 
     Eval mode under `torch.no_grad`; the model's training mode is restored afterwards. The reader
-    should come from `evaluation_reader` (storage order, extra columns); whichever of the user, item
-    and oracle columns it reads are collected. A hazard oracle must hold L values per row.
+    should come from `evaluation_reader` (storage order, extra columns); whichever of the user, item,
+    subject and oracle columns it reads are collected. A hazard oracle must hold L values per row.
     """
     recipe = reader.recipe
     extras = set(reader.extra_columns)
@@ -206,6 +225,7 @@ def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
     user_col = recipe.data.user_column if recipe.data.user_column in extras else None
     item_col = recipe.data.item_column if recipe.data.item_column in extras else None
     hazard = {t.name: t.num_intervals for t in recipe.tasks if t.kind == "hazard"}
+    subject_cols = {n: recipe.subject_column(n) for n in hazard if recipe.subject_column(n) in extras}
 
     acc: dict[tuple[str, str], list[np.ndarray]] = {}
 
@@ -237,6 +257,8 @@ def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
                     add("ids", "users", batch.extras[user_col])
                 if item_col:
                     add("ids", "items", batch.extras[item_col])
+                for col in dict.fromkeys(subject_cols.values()):
+                    add("subject", col, batch.extras[col])
     finally:
         model.train(was_training)
 
@@ -247,6 +269,8 @@ def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
     def empty_for(t: TaskSpec) -> np.ndarray:
         return np.zeros((0, hazard[t.name]) if t.name in hazard else 0, np.float32)
 
+    subject_ids = {c: joined("subject", c, np.zeros(0, np.int64)) for c in set(subject_cols.values())}
+
     return Predictions(
         scores={t.name: joined("score", t.name, empty_for(t)) for t in recipe.tasks},
         labels={t.name: joined("label", t.name, np.zeros(0)) for t in recipe.tasks},
@@ -255,6 +279,7 @@ def predict(model: torch.nn.Module, reader: ParquetReader) -> Predictions:
         oracle={n: joined("oracle", n, empty_for(recipe.task(n))) for n in oracle_cols},
         users=joined("ids", "users", np.zeros(0, np.int64)) if user_col else None,
         items=joined("ids", "items", np.zeros(0, np.int64)) if item_col else None,
+        subjects={n: subject_ids[col] for n, col in subject_cols.items()},
     )
 
 
@@ -297,24 +322,27 @@ def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
 
 @dataclass
 class CreativeTable:
-    """One row per creative: its survival label and mean predicted (and oracle) hazards."""
+    """One row per survival subject (a creative on a day, by default a creative): its survival label
+    and mean predicted (and oracle) hazards."""
 
     interval: np.ndarray  # int64 [C]
     event: np.ndarray  # bool [C]
-    hazard: np.ndarray  # float64 [C, L], mean over the creative's rows
+    hazard: np.ndarray  # float64 [C, L], mean over the subject's rows
     oracle: np.ndarray | None  # float64 [C, L] or None
-    rows: np.ndarray  # int64 [C], rows behind each creative
+    rows: np.ndarray  # int64 [C], rows behind each subject
 
 
 def per_creative(name: str, preds: Predictions) -> CreativeTable:
-    """Group a hazard task's eval rows by creative (the item column; each row on its own without
-    one): the first row's label, and hazards averaged over the rows (module docstring)."""
+    """Group a hazard task's eval rows per survival subject (a creative on a day, by default a
+    creative): by ``preds.subjects[name]``, the task's subject column, each row on its own without
+    one; the first row's label, and hazards averaged over the rows (module docstring)."""
     idx = np.flatnonzero(preds.eval_mask[name])
-    if preds.items is None:
+    subjects = preds.subjects.get(name)
+    if subjects is None:
         rows, starts = idx, np.arange(len(idx))
     else:
-        it = preds.items[idx]
-        order = np.argsort(it, kind="stable")  # stable: a creative's first row stays first
+        it = subjects[idx]
+        order = np.argsort(it, kind="stable")  # stable: a subject's first row stays first
         rows = idx[order]
         sorted_items = it[order]
         starts = np.flatnonzero(np.r_[True, sorted_items[1:] != sorted_items[:-1]]) if len(rows) else rows
@@ -336,7 +364,7 @@ def per_creative(name: str, preds: Predictions) -> CreativeTable:
 
 
 def _hazard_metrics(task: TaskSpec, preds: Predictions) -> dict[str, Any]:
-    """Per-creative C-index, integrated Brier score and survival calibration of a hazard task."""
+    """Per-subject C-index, integrated Brier score and survival calibration of a hazard task."""
     c = per_creative(task.name, preds)
     assert task.grid is not None
     widths = np.diff(np.asarray(task.grid, dtype=np.float64))

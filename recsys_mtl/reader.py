@@ -2,7 +2,8 @@
 
 - Which data: the days in [start, end] under `DATA/dt=YYYY-MM-DD/`, every file checked against the
   recipe before the first batch (`recsys_mtl.dataset`).
-- Which rows for this process: the work unit is a Parquet row group; rank r of w takes units
+- Which rows for this process: the work unit is a Parquet row group (cut into row ranges when the
+  data has few row groups that do not divide evenly over the ranks); rank r of w takes units
   r, r + w, r + 2w, ... of the sorted list, so ranks read disjoint rows without coordination.
 - Shuffling (seedable): the unit order is permuted per epoch, then rows are shuffled inside a
   window of `shuffle_buffer` rows (a block shuffle: memory stays bounded by the window, and rows
@@ -17,6 +18,7 @@ Batches go through the one `FeatureTransform`, the same the server uses.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,23 @@ import pyarrow.parquet as pq
 
 from recsys_mtl.dataset import DataError, ParquetFileInfo, inspect_partitions
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.targets import Targets, targets_from_table
+from recsys_mtl.targets import DAY_COLUMN, Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The reader's work unit: rows [start, stop) of one row group of one file."""
+
+    info: ParquetFileInfo
+    row_group: int
+    start: int
+    stop: int
+
+
+def _cuts(n: int, parts: int) -> list[tuple[int, int]]:
+    edges = [n * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
 
 
 @dataclass
@@ -83,6 +100,7 @@ class ParquetReader:
         world_size: int = 1,
         extra_columns: Sequence[str] = (),
         drop_last: bool = False,
+        label_cutoff: dt.date | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -93,17 +111,28 @@ class ParquetReader:
         self.seed = recipe.training.seed if seed is None else seed
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
+        self.label_cutoff = label_cutoff  # hazard labels as known at the end of this day
         self.extra_columns = list(extra_columns)
         self.files: list[ParquetFileInfo] = inspect_partitions(recipe, data_dir, start, end, extra_columns)
         self.columns = list(
             dict.fromkeys([*self.transform.input_columns, *recipe.label_columns(), *self.extra_columns])
         )
-        units = [(info, rg) for info in self.files for rg in range(info.num_row_groups)]
+        units = [Unit(info, rg, 0, n) for info in self.files for rg, n in enumerate(info.row_group_rows)]
+        if world_size > 1 and len(units) % world_size and len(units) < 16 * world_size:
+            # Few row groups that do not divide evenly over the ranks: ranks must take the same
+            # number of steps, so an uneven split would idle most of a row group's rows. Cut each
+            # row group into `world_size` row ranges instead (each rank reads a slice of every row
+            # group: more reading, which only happens when the data is small).
+            parts = world_size
+            units = [
+                Unit(u.info, u.row_group, u.start + a, u.start + b)
+                for u in units
+                for a, b in _cuts(u.stop - u.start, parts)
+                if b > a
+            ]
         if len(units) < world_size:
             raise DataError(
-                f"{len(units)} row groups cannot be split over {world_size} ranks; "
-                "write smaller row groups or use fewer ranks",
-                data_dir,
+                f"{self.num_rows_total(units)} rows cannot be split over {world_size} ranks", data_dir
             )
         self.units = units[rank::world_size]
         self.epoch = 0
@@ -111,7 +140,11 @@ class ParquetReader:
     @property
     def num_rows(self) -> int:
         """Rows this rank reads per epoch."""
-        return sum(info.row_group_rows[rg] for info, rg in self.units)
+        return self.num_rows_total(self.units)
+
+    @staticmethod
+    def num_rows_total(units: Sequence[Unit]) -> int:
+        return sum(u.stop - u.start for u in units)
 
     @property
     def days(self) -> list[dt.date]:
@@ -121,11 +154,17 @@ class ParquetReader:
         """Reshuffle differently for each epoch (same seed + epoch + rank -> same order)."""
         self.epoch = epoch
 
-    def _read_unit(self, info: ParquetFileInfo, rg: int) -> pa.Table:
+    def _read_unit(self, u: Unit) -> pa.Table:
         try:
-            return pq.ParquetFile(info.path).read_row_group(rg, columns=self.columns)
+            t = pq.ParquetFile(u.info.path).read_row_group(u.row_group, columns=self.columns)
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"cannot read row group {rg} ({e})", info.path) from None
+            raise DataError(f"cannot read row group {u.row_group} ({e})", u.info.path) from None
+        if (u.start, u.stop) != (0, t.num_rows):
+            t = t.slice(u.start, u.stop - u.start)
+        if self.label_cutoff is not None:
+            day = (u.info.day - dt.date(1970, 1, 1)).days
+            t = t.append_column(DAY_COLUMN, pa.array(np.full(t.num_rows, day, np.int32)))
+        return t
 
     def _windows(self) -> Iterator[pa.Table]:
         """Windows of rows (shuffled when asked) whose sizes are multiples of `batch_size`, except
@@ -139,8 +178,7 @@ class ParquetReader:
         buf: list[pa.Table] = []
         buf_rows = 0
         for i in order:
-            info, rg = self.units[int(i)]
-            t = self._read_unit(info, rg)
+            t = self._read_unit(self.units[int(i)])
             buf.append(t)
             buf_rows += t.num_rows
             if buf_rows < window:
@@ -170,7 +208,7 @@ class ParquetReader:
         """Raw rows -> model inputs, targets and the requested extra columns."""
         return Batch(
             features=self.transform(table),
-            targets=targets_from_table(self.recipe, table),
+            targets=targets_from_table(self.recipe, table, self.label_cutoff),
             extras={c: column_to_numpy(table.column(c)) for c in self.extra_columns},
         )
 

@@ -134,6 +134,8 @@ class TaskSpec(_Strict):
     hazard  a discrete-time hazard over ``grid`` (interval boundaries t_0 < ... < t_L in ``unit``),
             labelled by ``interval_column`` (0-based interval of the event or censoring) and
             ``event_column`` (1 = event, 0 = censored), rows weighted by ``weight_column``.
+            ``subject_column`` identifies one survival subject (rows sharing it share the label;
+            evaluation counts each subject once); `Recipe.subject_column` gives the effective one.
     """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -157,6 +159,11 @@ class TaskSpec(_Strict):
     interval_column: str | None = None
     event_column: str | None = None
     weight_column: str | None = None
+    subject_column: str | None = Field(
+        default=None,
+        description="Column identifying one survival subject; rows sharing it share the survival "
+        "label; default: data.item_column.",
+    )
 
     @property
     def oracle_prefix(self) -> str:
@@ -178,7 +185,7 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _check_kind_fields(self) -> TaskSpec:
         if self.kind == "binary":
-            for f in ("grid", "interval_column", "event_column", "weight_column"):
+            for f in ("grid", "interval_column", "event_column", "weight_column", "subject_column"):
                 if getattr(self, f) is not None:
                     raise ValueError(f"`{f}` applies to hazard tasks, not to kind 'binary'")
             if self.label is None:
@@ -386,6 +393,15 @@ class Recipe(_Strict):
             if f.name == name:
                 return f
         raise KeyError(name)
+
+    def subject_column(self, task: TaskSpec | str) -> str:
+        """The column identifying a hazard task's survival subjects: the task's `subject_column`, or
+        else `data.item_column`. Evaluation and the data summary group the task's rows by it; it is
+        not a label column, so data without it is still readable (each row is then its own subject)."""
+        t = self.task(task) if isinstance(task, str) else task
+        if t.kind != "hazard":
+            raise ValueError(f"task '{t.name}' is not a hazard task: it has no survival subjects")
+        return t.subject_column or self.data.item_column
 
     def label_columns(self) -> list[str]:
         """Every column a task reads (labels, events, weights, eval filters), deduplicated."""

@@ -13,6 +13,7 @@ Per task (recipe order):
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,7 +46,31 @@ def _num(table: pa.Table | pa.RecordBatch, col: str) -> tuple[np.ndarray, np.nda
     return np.where(valid, x, 0.0), valid
 
 
-def _task_targets(task: TaskSpec, table: pa.Table | pa.RecordBatch, out: Targets) -> None:
+UNIT_DAYS = {"days": 1.0, "weeks": 7.0, "hours": 1.0 / 24.0}
+DAY_COLUMN = "__day__"  # days since 1970-01-01 of each row's partition, added by the reader
+
+
+def censor_at_cutoff(
+    task: TaskSpec, interval: np.ndarray, event: np.ndarray, observable_days: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Survival labels as they were known at a label cutoff (no look-ahead).
+
+    A subject whose origin is the start of its day was observable for `observable_days` days at the
+    cutoff (the end of the last training day). Intervals that had not fully elapsed by then are not
+    known: a label beyond them becomes "censored in the last fully observed interval" (survived it),
+    and a subject with no fully observed interval drops out (third result False). Without this, a
+    creative's label on an early training day reveals when it stopped, possibly during the held-out
+    days, and the model learns the future through the creative's id.
+    """
+    ends = np.asarray(task.grid[1:], dtype=np.float64) * UNIT_DAYS[task.unit]  # interval ends, days
+    full = np.searchsorted(ends, observable_days, side="right")  # intervals fully observed
+    late = interval >= full
+    return np.where(late, full - 1, interval), event & ~late, full > 0
+
+
+def _task_targets(
+    task: TaskSpec, table: pa.Table | pa.RecordBatch, out: Targets, observable_days: np.ndarray | None
+) -> None:
     n = table.num_rows
     if task.kind == "binary":
         y, valid = np.ones(n), np.ones(n, bool)
@@ -59,8 +84,12 @@ def _task_targets(task: TaskSpec, table: pa.Table | pa.RecordBatch, out: Targets
         k, ok_k = _num(table, task.interval_column)
         d, ok_d = _num(table, task.event_column)
         valid = ok_k & ok_d & (k >= 0) & (k < task.num_intervals)
+        event = d > 0
+        if observable_days is not None:
+            k, event, seen = censor_at_cutoff(task, k, event, observable_days)
+            valid &= seen
         out.labels[task.name] = torch.from_numpy(np.where(valid, k, 0).astype(np.int64))
-        out.events[task.name] = torch.from_numpy((d > 0).astype(np.float32))
+        out.events[task.name] = torch.from_numpy(event.astype(np.float32))
         w = valid.astype(np.float32)
     if task.weight_column:
         wc, ok_w = _num(table, task.weight_column)
@@ -76,9 +105,20 @@ def _task_targets(task: TaskSpec, table: pa.Table | pa.RecordBatch, out: Targets
     out.eval_mask[task.name] = torch.from_numpy(mask)
 
 
-def targets_from_table(recipe: Recipe, table: pa.Table | pa.RecordBatch) -> Targets:
-    """Targets of every task for the rows of `table` (vectorised; no per-row Python)."""
+def targets_from_table(
+    recipe: Recipe, table: pa.Table | pa.RecordBatch, label_cutoff: dt.date | None = None
+) -> Targets:
+    """Targets of every task for the rows of `table` (vectorised; no per-row Python).
+
+    With `label_cutoff`, hazard labels are censored as of the end of that day (`censor_at_cutoff`);
+    the table must then carry the reader's `__day__` column.
+    """
+    observable = None
+    if label_cutoff is not None and any(t.kind == "hazard" for t in recipe.tasks):
+        day = table.column(DAY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
+        cutoff = (label_cutoff - dt.date(1970, 1, 1)).days
+        observable = cutoff - day + 1.0
     out = Targets()
     for t in recipe.tasks:
-        _task_targets(t, table, out)
+        _task_targets(t, table, out, observable)
     return out

@@ -214,6 +214,8 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         rank=ctx.rank,
         world_size=ctx.world_size,
         drop_last=True,
+        # hazard labels as they were known at the end of the last training day: no look-ahead
+        label_cutoff=split.train[-1],
     )
     steps_per_epoch = _steps_per_epoch(reader)
     if steps_per_epoch == 0:
@@ -223,9 +225,10 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         total_steps = min(total_steps, cfg.max_steps)
 
     model = shard_model(build_model(recipe, embedding_device=torch.device("meta")), recipe, ctx)
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    dense_params = [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
+    # Everything outside the embedding collections; the tables (sharded or data-parallel) are
+    # updated by the fused optimizer in backward. By name, so the set is the same whatever the plan
+    # (a checkpoint's dense optimizer state then fits any world size).
+    dense_params = [p for n, p in model.named_parameters() if "sparse_arch." not in n]
     optimizer = dense_optimizer(recipe.training.dense_optimizer, dense_params)
     plan = plan_summary(model)
 

@@ -162,10 +162,16 @@ def test_bad_partition_names_file_and_column(recipe, data_dir, kind) -> None:
     assert ParquetReader(recipe, data_dir, end="2026-01-01", shuffle_buffer=0).num_rows == 668
 
 
-def test_too_few_row_groups_for_ranks(recipe, tmp_path, raw_table) -> None:
-    d = write_days(tmp_path / "d", raw_table.slice(0, 20), ["2026-01-01"], row_group_size=1000)
-    with pytest.raises(DataError, match="2 row groups cannot be split over 3 ranks"):
-        ParquetReader(recipe, d, world_size=3, rank=0)
+def test_few_row_groups_are_cut_into_row_ranges_for_ranks(recipe, tmp_path, raw_table) -> None:
+    d = write_days(tmp_path / "d", raw_table.slice(0, 40), ["2026-01-01"], row_group_size=1000)
+    parts = [collect(ParquetReader(recipe, d, shuffle_buffer=0, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(i for p in parts for i in ids(p)) == sorted(ids(raw_table.slice(0, 40)))
+    assert all(p.num_rows > 0 for p in parts)
+    one = tmp_path / "e" / "dt=2026-01-01"
+    one.mkdir(parents=True)
+    pq.write_table(raw_table.slice(0, 1), one / "part-0.parquet")
+    with pytest.raises(DataError, match="1 rows cannot be split over 2 ranks"):
+        ParquetReader(recipe, tmp_path / "e", world_size=2)
 
 
 def test_shuffled_batches_match_the_transform_of_their_rows(recipe, data_dir) -> None:
@@ -203,3 +209,36 @@ def test_iter_batches_skip_resumes_the_same_stream(recipe, data_dir) -> None:
 
 def ids_of(batch) -> list[int]:
     return batch.features.sparse["user_id"].values().tolist()
+
+
+def test_label_cutoff_censors_what_was_not_yet_known(recipe) -> None:
+    import datetime as dt
+
+    from recsys_mtl.targets import DAY_COLUMN
+
+    # subjects from days 0, 5 and 9 of a window; cutoff at the end of day 9
+    day0 = (dt.date(2026, 1, 1) - dt.date(1970, 1, 1)).days
+    t = pa.table(
+        {
+            "click": [1, 1, 1, 1],
+            "conversion": [0, 0, 0, 0],
+            "hazard_weight": [1.0, 1.0, 1.0, 1.0],
+            "hazard_short_interval": [12, 3, 0, 2],
+            "hazard_short_event": [1, 1, 1, 0],
+            "hazard_long_interval": [1, 0, 0, 0],
+            "hazard_long_event": [1, 1, 1, 0],
+            DAY_COLUMN: pa.array([day0, day0 + 5, day0 + 9, day0 + 9], pa.int32()),
+        }
+    )
+    tg = targets_from_table(recipe, t, label_cutoff=dt.date(2026, 1, 10))
+    # day 0: 10 days observed -> short interval 12 (day 13) unknown: censored in interval 9
+    # day 5: 5 days observed -> stop in interval 3 (day 4) is known
+    # day 9: 1 day observed -> a stop in interval 0 is known; interval 2 is not: censored in 0
+    assert tg.labels["hazard_short"].tolist() == [9, 3, 0, 0]
+    assert tg.events["hazard_short"].tolist() == [0.0, 1.0, 1.0, 0.0]
+    # weekly grid: day 0 saw 1 full week (stop in week 2 unknown); days 5 and 9 saw none: dropped
+    assert tg.labels["hazard_long"].tolist()[0] == 0 and tg.events["hazard_long"].tolist()[0] == 0.0
+    assert tg.weights["hazard_long"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert tg.weights["hazard_short"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    # without a cutoff, labels are taken as given
+    assert targets_from_table(recipe, t).labels["hazard_short"].tolist() == [12, 3, 0, 2]

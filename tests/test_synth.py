@@ -15,8 +15,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from recsys_mtl.cli import main
-from recsys_mtl.synth import SCHEMA, OutputExistsError, SynthConfig, ctr_weights, generate
+from recsys_mtl.metrics import c_index
+from recsys_mtl.synth import SCHEMA, Lifetimes, OutputExistsError, SynthConfig, World, ctr_weights, generate
 from recsys_mtl.synth.lifetimes import HazardParams, daily_hazard, draw_lifetimes, grid_labels
+from recsys_mtl.synth.world import SUBJECT_DAY_STRIDE, build_world, world_rng
 
 # Small enough to generate in well under a second, with several chunks per day (7,000 rows) and
 # part files (6,000 rows) that do not line up with the chunks.
@@ -30,6 +32,7 @@ SMALL = SynthConfig(
     campaigns=120,
     chunk_rows=7_000,
     rows_per_file=6_000,
+    label_follow_up_days=0.0,  # censored at the window end: the residual-time checks below are exact
 )
 
 
@@ -84,7 +87,7 @@ def test_schema_names_and_types() -> None:
     assert types["clicked_items"] == "list<item: int64>" and types["format"] == "string"
     assert types["click"] == "int8" and types["hazard_short_interval"] == "int16"
     assert types["oracle_hazard_long"] == "list<item: float>"
-    assert types["hazard_weight"] == "float"
+    assert types["hazard_weight"] == "float" and types["hazard_subject"] == "int64"
 
 
 def test_same_seed_same_bytes_other_seed_other_data(small: tuple[Path, pa.Table], tmp_path: Path) -> None:
@@ -213,11 +216,40 @@ def test_sequences_carry_the_users_taste(small: tuple[Path, pa.Table]) -> None:
     assert np.mean(shares) > np.mean(shuffled) + 0.1
 
 
-def test_hazard_labels_per_creative_and_weights(small: tuple[Path, pa.Table]) -> None:
+def _subjects(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row order grouping each subject's rows together, start of each subject in it, subject ids)."""
+    subject = t["hazard_subject"].to_numpy()
+    order = np.argsort(subject, kind="stable")
+    ids, starts = np.unique(subject[order], return_index=True)
+    return order, starts, ids
+
+
+def _day_index(t: pa.Table) -> np.ndarray:
+    dates = np.array(t["dt"].to_pylist(), dtype="datetime64[D]")
+    return (dates - np.datetime64(SMALL.start_date)).astype(np.int64)
+
+
+def _small_lifetimes() -> tuple[World, Lifetimes]:
+    """The world and lifetimes `generate(SMALL)` draws (calibration leaves both unchanged)."""
+    world = build_world(SMALL)
+    life = draw_lifetimes(
+        world.creative_quality,
+        world.creative_exposure,
+        world.creative_launch,
+        float(SMALL.days) + SMALL.label_follow_up_days,
+        HazardParams.from_config(SMALL),
+        world_rng(SMALL.seed, 6),
+    )
+    return world, life
+
+
+def test_hazard_labels_per_subject_and_weights(small: tuple[Path, pa.Table]) -> None:
     _, t = small
-    creative = t["creative_id"].to_numpy()
-    order = np.argsort(creative, kind="stable")
-    ids, starts = np.unique(creative[order], return_index=True)
+    creative, day = t["creative_id"].to_numpy(), _day_index(t)
+    subject = t["hazard_subject"].to_numpy()
+    np.testing.assert_array_equal(subject, creative * SUBJECT_DAY_STRIDE + day)
+    order, starts, ids = _subjects(t)
+    assert len(np.unique(creative)) < len(ids)  # creatives shown on several days: several subjects
     for col in (
         "hazard_short_interval",
         "hazard_short_event",
@@ -229,15 +261,109 @@ def test_hazard_labels_per_creative_and_weights(small: tuple[Path, pa.Table]) ->
     ):
         v = t[col].to_numpy()[order].astype(np.float64)
         assert np.array_equal(np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)), col
-    # weights: a creative's rows sum to smoothed_ctr_i / mean smoothed ctr (empirical Bayes, alpha)
+    # weights: a subject's rows sum to smoothed_ctr_i / mean smoothed ctr of its creative i (empirical
+    # Bayes over the creative's impressions and clicks on all days, alpha): each subject counts once
     click = t["click"].to_numpy()
-    impressions = np.bincount(creative)[ids].astype(np.float64)
-    clicks = np.bincount(creative, weights=click)[ids]
+    shown = np.unique(creative)
+    impressions = np.bincount(creative).astype(np.float64)
+    clicks = np.bincount(creative, weights=click)
     alpha, global_ctr = SMALL.hazard_weight_alpha, click.mean()
     smoothed = (clicks + alpha * global_ctr) / (impressions + alpha)
-    weight_sum = np.bincount(creative, weights=t["hazard_weight"].to_numpy().astype(np.float64))[ids]
-    np.testing.assert_allclose(weight_sum, smoothed / smoothed.mean(), rtol=1e-5)
+    relative = smoothed / smoothed[shown].mean()
+    w = t["hazard_weight"].to_numpy().astype(np.float64)[order]
+    weight_sum = np.add.reduceat(w, starts)
+    np.testing.assert_allclose(weight_sum, relative[ids // SUBJECT_DAY_STRIDE], rtol=1e-5)
     assert np.all(weight_sum > 0)
+
+
+def test_residual_lifetime_labels(small: tuple[Path, pa.Table]) -> None:
+    """A subject is a creative on a day, labelled from that day's start: the same creative's subjects
+    on later days have a residual time one day shorter per day, until the event or censoring."""
+    _, t = small
+    order, starts, ids = _subjects(t)
+    first = order[starts]
+    creative, day = ids // SUBJECT_DAY_STRIDE, ids % SUBJECT_DAY_STRIDE
+    k = t["hazard_short_interval"].to_numpy()[first].astype(np.int64)
+    d = t["hazard_short_event"].to_numpy()[first]
+    # residual times are whole days within the window: r = k + 1 <= days - day on the daily grid,
+    # censored exactly at the window end
+    assert np.all(k + 1 <= SMALL.days - day)
+    assert np.all((d == 1) | (k + 1 == SMALL.days - day))
+    # the long grid's first week holds the whole 3-day window
+    assert not t["hazard_long_interval"].to_numpy().any()
+    np.testing.assert_array_equal(t["hazard_long_event"].to_numpy()[first], d)
+    # subjects of one creative: day + r (the stop or the window end) is the creative's, and the
+    # creative has no rows after a stop
+    end = day + k + 1
+    for c in np.unique(creative):
+        mine = creative == c
+        assert len(np.unique(end[mine])) == 1 and len(np.unique(d[mine])) == 1, c
+        assert day[mine].max() < end[mine][0]
+    # against the true lifetimes: rows only while running at the start of the day (T > a0), at an
+    # age a0 + time of day, and r = min(T, C) - a0
+    world, life = _small_lifetimes()
+    launch = world.creative_launch
+    assert np.array_equal(launch, np.floor(launch))  # whole-day launches
+    a0 = day - launch[creative]
+    assert np.all(a0 >= 0) and np.all(life.lifetime[creative] > a0)
+    np.testing.assert_array_equal(k + 1, np.minimum(life.lifetime, life.censor)[creative] - a0)
+    np.testing.assert_array_equal(d, life.event[creative])
+    row_a0 = _day_index(t) - launch[t["creative_id"].to_numpy()]
+    age = t["creative_age_days"].to_numpy().astype(np.float64)
+    assert np.all((age >= row_a0 - 1e-4) & (age < row_a0 + 1 + 1e-4))
+
+
+def test_oracle_is_the_hazard_from_the_subjects_origin(small: tuple[Path, pa.Table]) -> None:
+    """A subject's oracle is its creative's daily hazard shifted by its origin age a0."""
+    _, t = small
+    order, starts, ids = _subjects(t)
+    first = order[starts]
+    creative, day = ids // SUBJECT_DAY_STRIDE, ids % SUBJECT_DAY_STRIDE
+    world, _ = _small_lifetimes()
+    a0 = day - world.creative_launch[creative]
+    assert len(np.unique(a0)) > 20  # origins at many ages
+    short = np.stack(t["oracle_hazard_short"].to_numpy(zero_copy_only=False)[first]).astype(np.float64)
+    long = np.stack(t["oracle_hazard_long"].to_numpy(zero_copy_only=False)[first]).astype(np.float64)
+    params = HazardParams.from_config(SMALL)
+    for s in np.linspace(0, len(ids) - 1, 40).astype(int):
+        c = creative[s : s + 1]
+        h = daily_hazard(world.creative_quality[c], world.creative_exposure[c], np.arange(1, 300), params)[0]
+        h = h.astype(np.float64)[int(a0[s]) :]  # h[j] = hazard at age a0 + j + 1
+        np.testing.assert_allclose(short[s], h[:14], rtol=1e-5)
+        weekly = 1.0 - np.prod(1.0 - h[:112].reshape(16, 7), axis=1)
+        np.testing.assert_allclose(long[s], weekly, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        t["oracle_risk_short"].to_numpy()[first], 1.0 - np.prod(1.0 - short, axis=1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        t["oracle_risk_long"].to_numpy()[first], 1.0 - np.prod(1.0 - long, axis=1), atol=1e-5
+    )
+    # the same creative on a later day: the same hazard curve, one day further along it
+    later = np.flatnonzero((creative[1:] == creative[:-1]) & (day[1:] == day[:-1] + 1))
+    assert len(later)
+    np.testing.assert_allclose(short[later + 1, :13], short[later, 1:], rtol=1e-6)
+
+
+def test_age_alone_no_longer_gives_the_label_away(tmp_path: Path) -> None:
+    """Labelled from launch, a row's creative_age_days (it has survived that long) ranked creatives
+    better than the oracle (C-index 0.98 / 1.00 vs 0.93 / 0.83). Labelled from each subject's
+    origin, age alone ranks subjects far below the oracle on both grids (21 days: the long grid has
+    more than one interval)."""
+    cfg = SynthConfig(rows=60_000, days=21, seed=0)
+    generate(cfg, tmp_path / "d", progress=False)
+    t = _read(tmp_path / "d")
+    subject = t["hazard_subject"].to_numpy()
+    _, first, inverse = np.unique(subject, return_index=True, return_inverse=True)
+    age = np.bincount(inverse, weights=t["creative_age_days"].to_numpy().astype(np.float64))
+    age /= np.bincount(inverse)
+    for grid in ("short", "long"):
+        k = t[f"hazard_{grid}_interval"].to_numpy()[first]
+        d = t[f"hazard_{grid}_event"].to_numpy()[first]
+        assert len(np.unique(k[d == 1])) > 1 and d.sum() > 500
+        oracle = c_index(k, d, t[f"oracle_risk_{grid}"].to_numpy()[first])
+        by_age = c_index(k, d, age)
+        by_age = max(by_age, 1.0 - by_age)  # either direction
+        assert oracle > 0.64 and by_age < 0.57 and oracle - by_age > 0.1, (grid, oracle, by_age)
 
 
 def test_grid_labels() -> None:
@@ -257,13 +383,18 @@ def test_lifetimes_follow_the_true_hazard() -> None:
     quality, exposure = np.full(n, -1.0), np.zeros(n)  # low CTR: cut-out early
     params = HazardParams()
     life = draw_lifetimes(quality, exposure, np.full(n, -120.0), 0.0, params, rng)
+    assert np.array_equal(life.lifetime, np.floor(life.lifetime))  # stops at the end of a day
     h = daily_hazard(quality[:1], exposure[:1], np.arange(1, 15), params)[0]
     at_risk = n
     for a in range(1, 6):
-        stopped = int(((life.lifetime > a - 1) & (life.lifetime <= a)).sum())
+        stopped = int((life.lifetime == a).sum())
         assert abs(stopped / at_risk - h[a - 1]) < 4 * np.sqrt(h[a - 1] / at_risk)
         at_risk -= stopped
-    np.testing.assert_allclose(life.oracle_short[0], h.astype(np.float32))
+    # a subject at origin age 0 (launch day) has the hazards from launch; at origin age 3, the same
+    # curve three days on
+    sub = life.subjects(np.array([0, 0]), np.array([0.0, 3.0]))
+    np.testing.assert_allclose(sub.oracle_short[0], h.astype(np.float32))
+    np.testing.assert_allclose(sub.oracle_short[1, :11], h[3:].astype(np.float32))
     # cut-out: a low-CTR creative's early hazard is above a high-CTR one's
     high = daily_hazard(np.array([1.0]), np.zeros(1), np.arange(1, 15), params)[0]
     assert h[0] > 2 * high[0]
@@ -272,9 +403,15 @@ def test_lifetimes_follow_the_true_hazard() -> None:
 def test_ctr_weights() -> None:
     w = ctr_weights(np.array([100, 10, 0, 50]), np.array([10, 0, 0, 5]), alpha=20.0)
     assert w[2] == 0 and w[1] > 0  # no rows: 0; no clicks: still counted
-    per_creative = w * np.array([100, 10, 0, 50])
-    assert per_creative[0] > per_creative[1]
-    np.testing.assert_allclose(per_creative[[0, 1, 3]].mean(), 1.0)
+    assert w[0] > w[1]
+    np.testing.assert_allclose(w[[0, 1, 3]].mean(), 1.0)
+
+
+def test_subject_ids_cannot_collide() -> None:
+    with pytest.raises(ValueError, match="days"):
+        dataclasses.replace(SMALL, days=SUBJECT_DAY_STRIDE + 1, rows=10**6).validate()
+    big = 2**63 // SUBJECT_DAY_STRIDE - 1  # the largest creative id on the last allowed day still fits
+    assert big * SUBJECT_DAY_STRIDE + SUBJECT_DAY_STRIDE - 1 <= np.iinfo(np.int64).max
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,3 +483,18 @@ def test_cli_rejects_bad_knobs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["generate", "--out", str(tmp_path / "x"), "--rho", "1.5", "--no-progress"]) == 2
     assert "rho" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_label_follow_up_observes_stops_after_the_window(tmp_path: Path) -> None:
+    """With a follow-up of 20 days the 14-day grid is fully observed: nobody is censored inside it,
+    and subjects of the last day still have events."""
+    cfg = SynthConfig(
+        rows=20_000, days=3, seed=3, users=1_000, creatives=400, hazard_base=-3.0, label_follow_up_days=20.0
+    )
+    generate(cfg, tmp_path / "d", progress=False)
+    t = pq.read_table(tmp_path / "d")
+    k = t["hazard_short_interval"].to_numpy()
+    d = t["hazard_short_event"].to_numpy()
+    assert np.all((d == 1) | (k == 13))  # censored only past the grid's end
+    last = _day_index(t) == cfg.days - 1
+    assert d[last].any() and (k[last] > 0).any()

@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("summary", "print rows, label rates and oracle AUCs of a Parquet data directory"),
     "train": ("train", "train a model from a recipe on Parquet days, sharded with TorchRec"),
     "evaluate": ("evaluate", "evaluate a trained run on Parquet days: AUC, GAUC, calibration, C-index"),
+    "export": ("export", "export a trained run to the model registry as TorchScript (fp32 or int8)"),
     "demo": ("demo", "run the main job end to end on generated data (what `make demo` runs)"),
 }
 

@@ -83,4 +83,3 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; data in {data}, run in {run_dir}")
     return 0
-

@@ -80,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rarity.add_argument(
         "--cvr-bias", dest="cvr_bias", type=float, help="explicit CVR logit bias instead of --conversion-rate"
     )
+    life = parser.add_argument_group("creative lifetimes")
+    life.add_argument(
+        "--label-follow-up-days",
+        dest="label_follow_up_days",
+        type=float,
+        help="days after the last day during which creative stops still reach the survival labels",
+    )
+    life.add_argument("--hazard-base", dest="hazard_base", type=float, help="daily hazard logit at launch")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:

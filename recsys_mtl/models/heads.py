@@ -16,6 +16,8 @@ from torch import nn
 
 from recsys_mtl.recipe import TaskSpec
 
+_INIT_BIAS = {"binary": -2.0, "hazard": -4.0}  # sigmoid: 0.12 and 0.018
+
 
 class TaskHeads(nn.Module):
     """All heads of a recipe's tasks.
@@ -34,7 +36,13 @@ class TaskHeads(nn.Module):
         for t in tasks:
             if t.product_of:
                 continue
-            self.heads[t.name] = nn.Linear(in_dims[t.name], 1 if t.kind == "binary" else t.num_intervals)
+            head = nn.Linear(in_dims[t.name], 1 if t.kind == "binary" else t.num_intervals)
+            # Start near the base rates of ranking data instead of at p = 0.5 (choice): clicks and
+            # conversions are rare, and so is a creative's stop in any one interval. A hazard head
+            # at 0.5 would start every survival curve near zero, and intervals that no label reaches
+            # yet (past the label cutoff) would stay there.
+            nn.init.constant_(head.bias, _INIT_BIAS[t.kind])
+            self.heads[t.name] = head
 
     def forward(self, towers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

@@ -6,9 +6,17 @@ How a run goes:
 1. build the world (O(vocabulary)), draw creative lifetimes, calibrate the CTR and CVR biases on a
    sample of impressions so the mean CTR and conversion rate hit their targets;
 2. pass 1: draw only the impression core (user, creative, time, slot, device, click) of every chunk to
-   count impressions and clicks per creative, which `hazard_weight` needs before any row is written;
+   count impressions and clicks per creative and rows per survival subject (creative, day), which
+   `hazard_weight` needs before any row is written;
 3. pass 2: draw each chunk in full (the core again, from the same RNG stream, so it is identical to
    pass 1's; then conversions, features, sequences, labels, oracles) and stream it to Parquet.
+
+Survival labels belong to a subject, one creative on one day (`lifetimes.py`): every row of creative
+i on day d carries the subject id ``hazard_subject = i * SUBJECT_DAY_STRIDE + d`` (unique for any
+vocabulary, `world.SUBJECT_DAY_STRIDE`), the residual-lifetime labels from the start of day d and the
+true conditional hazards from there (computed once per distinct subject of a chunk, then copied to
+its rows). A subject's rows share its weight: ``hazard_weight`` of a row is the subject's CTR weight
+(`ctr_weights`) divided by the subject's rows, so each subject counts once.
 
 Every chunk's randomness is a pure function of (seed, day, chunk): its core comes from
 ``default_rng([seed, day, chunk, 1])``, the rest from ``[seed, day, chunk, 2]``, the behaviour
@@ -51,6 +59,7 @@ from recsys_mtl.synth.world import (
     DEVICES,
     FORMATS,
     N_HOURS,
+    SUBJECT_DAY_STRIDE,
     SynthConfig,
     World,
     build_world,
@@ -95,6 +104,7 @@ SCHEMA = pa.schema(
         # --- labels ---
         ("click", pa.int8()),
         ("conversion", pa.int8()),
+        ("hazard_subject", pa.int64()),  # the survival subject: creative_id * 100_000 + day index
         ("hazard_short_interval", pa.int16()),
         ("hazard_short_event", pa.int8()),
         ("hazard_long_interval", pa.int16()),
@@ -134,23 +144,25 @@ class DayPlan:
     """Which creatives run on one day, and when: the impression distribution over creatives."""
 
     day: int
-    lo: np.ndarray  # float64, start of each creative's running time within the day (window days)
-    hi: np.ndarray  # float64, its end (lo == hi when it does not run that day)
+    a0: np.ndarray  # float64, each creative's age at the start of the day (whole days; < 0: not launched)
+    span: np.ndarray  # float64, the part of the day it runs, from the day's start (0: not running)
     cdf: np.ndarray  # float64, cumulative impression share: popularity x running time that day
 
 
 def day_plan(world: World, life: Lifetimes, day: int) -> DayPlan:
-    """Creatives running during day `day` (launched, not yet stopped), each shown in proportion to
-    its popularity times the part of the day it ran."""
-    launch = world.creative_launch
-    lo = np.maximum(float(day), launch)
-    hi = np.minimum(float(day + 1), launch + life.lifetime)
-    weight = world.creative_pop * np.maximum(hi - lo, 0.0)
+    """Creatives running at the start of day `day` (launched by then, whole-day launches, and not
+    yet stopped: ``a0 >= 0`` and ``T > a0``), each shown in proportion to its popularity times the
+    part of the day it runs, ``min(T - a0, 1)`` from the day's start. These are exactly the
+    survival subjects of the day (lifetimes.py)."""
+    a0 = float(day) - world.creative_launch
+    running = (a0 >= 0.0) & (life.lifetime > a0)
+    span = np.where(running, np.minimum(life.lifetime - a0, 1.0), 0.0)
+    weight = world.creative_pop * span
     if not weight.any():
         raise ValueError(f"no creative runs on day {day}: raise --creatives or lower --days")
     cdf = np.cumsum(weight)
     cdf /= cdf[-1]  # creatives not running have zero width: searchsorted "right" never lands on them
-    return DayPlan(day=day, lo=lo, hi=np.maximum(hi, lo), cdf=cdf)
+    return DayPlan(day=day, a0=a0, span=span, cdf=cdf)
 
 
 @dataclass(frozen=True)
@@ -176,10 +188,9 @@ def draw_core(world: World, plan: DayPlan, rng: np.random.Generator, n: int) -> 
     user = draw_from_cdf(world.user_cdf, rng.random(n))
     creative = np.searchsorted(plan.cdf, rng.random(n), side="right").astype(np.int64)
     np.minimum(creative, len(plan.cdf) - 1, out=creative)
-    lo, hi = plan.lo[creative], plan.hi[creative]
-    t = lo + rng.random(n) * (hi - lo)
-    hour = np.clip(np.floor((t - plan.day) * N_HOURS).astype(np.int64), 0, N_HOURS - 1)
-    age_days = np.maximum(t - world.creative_launch[creative], 0.0)
+    offset = rng.random(n) * plan.span[creative]  # time of day, in days from its start
+    hour = np.clip(np.floor(offset * N_HOURS).astype(np.int64), 0, N_HOURS - 1)
+    age_days = plan.a0[creative] + offset
     position = draw_from_cdf(world.position_cdf, rng.random(n))
     other = rng.random(n) < _OTHER_DEVICE_RATE
     device = np.where(other, rng.integers(0, len(DEVICES), n), world.user_device[user])
@@ -237,18 +248,59 @@ def chunk_rng(cfg: SynthConfig, day: int, chunk: int, stream: int) -> np.random.
     return np.random.default_rng([cfg.seed, day, chunk, stream])
 
 
-def count_impressions(world: World, life: Lifetimes, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1: impressions and clicks per creative over the whole dataset (int64 arrays), from the
-    core streams alone, which are cheap to draw."""
+@dataclass(frozen=True)
+class Counts:
+    """Pass 1's counts: impressions and clicks per creative over the whole dataset (int64, indexed by
+    creative id), and the rows of each survival subject, per day: the creatives shown that day
+    (sorted) and their rows. Memory O(creatives + subjects), never a dense creatives x days array."""
+
+    impressions: np.ndarray
+    clicks: np.ndarray
+    shown: list[np.ndarray]  # int32 where the ids fit
+    subject_rows: list[np.ndarray]  # int32 where the counts fit
+
+    def rows_on_day(self, day: int, n_creatives: int) -> np.ndarray:
+        """Rows of each creative's subject on day `day` (int64, indexed by creative id; 0: none)."""
+        rows = np.zeros(n_creatives, dtype=np.int64)
+        rows[self.shown[day]] = self.subject_rows[day]
+        return rows
+
+
+def count_impressions(world: World, life: Lifetimes, cfg: SynthConfig) -> Counts:
+    """Pass 1: impressions and clicks per creative and rows per (creative, day), from the core streams
+    alone, which are cheap to draw."""
     impressions = np.zeros(world.n_creatives, dtype=np.int64)
     clicks = np.zeros(world.n_creatives, dtype=np.int64)
+    shown: list[np.ndarray] = []
+    subject_rows: list[np.ndarray] = []
+    # the per-day lists are what grows with days x creatives: half the memory in int32
+    int32_max = np.iinfo(np.int32).max
+    id_type = np.int32 if world.n_creatives <= int32_max else np.int64
+    row_type = np.int32 if cfg.rows_on_day(0) <= int32_max else np.int64
     for day in range(cfg.days):
         plan = day_plan(world, life, day)
+        on_day = np.zeros(world.n_creatives, dtype=np.int64)
         for chunk, n in enumerate(chunk_sizes(cfg, day)):
             core = draw_core(world, plan, chunk_rng(cfg, day, chunk, CORE_STREAM), n)
-            impressions += np.bincount(core.creative, minlength=world.n_creatives)
+            on_day += np.bincount(core.creative, minlength=world.n_creatives)
             clicks += np.bincount(core.creative[core.click], minlength=world.n_creatives)
-    return impressions, clicks
+        impressions += on_day
+        ids = np.flatnonzero(on_day)
+        shown.append(ids.astype(id_type))
+        subject_rows.append(on_day[ids].astype(row_type))
+    return Counts(impressions, clicks, shown, subject_rows)
+
+
+def subject_weights(counts: Counts, subject_weight: np.ndarray, day: int) -> np.ndarray:
+    """`hazard_weight` of a row of each creative on day `day` (float64, indexed by creative id): its
+    subject's weight over the subject's rows, so the rows of a subject sum to its weight."""
+    rows = counts.rows_on_day(day, len(subject_weight))
+    return np.where(rows > 0, subject_weight / np.maximum(rows, 1), 0.0)
+
+
+def subject_ids(creative: np.ndarray, day: int) -> np.ndarray:
+    """`hazard_subject` of rows of `creative` on day `day`: ``creative * SUBJECT_DAY_STRIDE + day``."""
+    return creative * SUBJECT_DAY_STRIDE + day
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -265,11 +317,15 @@ def _fixed_lists(matrix: np.ndarray) -> pa.Array:
 def chunk_table(
     world: World, life: Lifetimes, row_weight: np.ndarray, plan: DayPlan, cfg: SynthConfig, chunk: int, n: int
 ) -> pa.Table:
-    """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with `SCHEMA`."""
+    """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with `SCHEMA`.
+    `row_weight` is `subject_weights` of the day."""
     day = plan.day
     core = draw_core(world, plan, chunk_rng(cfg, day, chunk, CORE_STREAM), n)
     rng = chunk_rng(cfg, day, chunk, REST_STREAM)
     u, i = core.user, core.creative
+    # a chunk lies within one day: its distinct creatives are its distinct survival subjects
+    distinct, inverse = np.unique(i, return_inverse=True)
+    sub = life.subjects(distinct, plan.a0[distinct]).take(inverse)
     ctr = sigmoid(core.ctr_logit).astype(np.float32)
     cvr = sigmoid(world.cvr_logit(u, i, core.device)).astype(np.float32)
     conversion = core.click & (rng.random(n) < cvr)
@@ -297,18 +353,19 @@ def chunk_table(
         _DEVICE_VALUES.take(pa.array(core.device)),
         pa.array(core.click.astype(np.int8)),
         pa.array(conversion.astype(np.int8)),
-        pa.array(life.short_interval[i]),
-        pa.array(life.short_event[i]),
-        pa.array(life.long_interval[i]),
-        pa.array(life.long_event[i]),
+        pa.array(subject_ids(i, day)),
+        pa.array(sub.short_interval),
+        pa.array(sub.short_event),
+        pa.array(sub.long_interval),
+        pa.array(sub.long_event),
         pa.array(row_weight[i].astype(np.float32)),
         pa.array(ctr),
         pa.array(cvr),
         pa.array((ctr.astype(np.float64) * cvr).astype(np.float32)),
-        _fixed_lists(life.oracle_short[i]),
-        _fixed_lists(life.oracle_long[i]),
-        pa.array(life.risk_short[i]),
-        pa.array(life.risk_long[i]),
+        _fixed_lists(sub.oracle_short),
+        _fixed_lists(sub.oracle_long),
+        pa.array(sub.risk_short),
+        pa.array(sub.risk_long),
     ]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
@@ -420,7 +477,13 @@ class _Pipeline:
 
 
 def _write_days(
-    world: World, life: Lifetimes, row_weight: np.ndarray, cfg: SynthConfig, root: Path, progress: bool
+    world: World,
+    life: Lifetimes,
+    counts: Counts,
+    subject_weight: np.ndarray,
+    cfg: SynthConfig,
+    root: Path,
+    progress: bool,
 ) -> tuple[int, int, int]:
     """Pass 2 over every day and chunk into `root`; returns (files, clicks, conversions)."""
     n_click = n_conv = 0
@@ -438,6 +501,7 @@ def _write_days(
             day_dir = root / f"dt={date}"
             day_dir.mkdir()
             plan = day_plan(world, life, day)
+            row_weight = subject_weights(counts, subject_weight, day)
             writer = _PartWriter(day_dir, cfg.rows_per_file)
             writers.append(writer)
             sizes = chunk_sizes(cfg, day)
@@ -455,13 +519,25 @@ def _write_days(
     return sum(len(w.files) for w in writers), n_click, n_conv
 
 
+def _event_rates(world: World, life: Lifetimes, counts: Counts) -> tuple[int, float, float]:
+    """(subjects, short-grid event rate, long-grid event rate) over every survival subject with rows,
+    one day at a time."""
+    n = short = long = 0
+    for day, creative in enumerate(counts.shown):
+        labels = life.labels(creative, day - world.creative_launch[creative])
+        n += len(creative)
+        short += int(np.count_nonzero(labels[1]))
+        long += int(np.count_nonzero(labels[3]))
+    return n, short / max(n, 1), long / max(n, 1)
+
+
 def generate(
     cfg: SynthConfig, out: Path | str, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Write the synthetic dataset of `cfg` to `out` (``out/dt=YYYY-MM-DD/part-NNNNN.parquet`` plus
     ``out/_synth.json`` with the config and the calibrated world). Refuses a non-empty `out` unless
     `overwrite` (OutputExistsError, before any work). Returns a summary: rows, days, files, seconds,
-    rows_per_second and the label rates."""
+    rows_per_second, the label rates, and the survival subjects with their event rates per grid."""
     cfg.validate()
     out = Path(os.path.abspath(out))  # a name and a parent even for "." (symlinks kept)
     check_output(out, overwrite)
@@ -471,13 +547,13 @@ def generate(
         world.creative_quality,
         world.creative_exposure,
         world.creative_launch,
-        float(cfg.days),
+        float(cfg.days) + cfg.label_follow_up_days,
         HazardParams.from_config(cfg),
         world_rng(cfg.seed, _LIFETIME_PART),
     )
     world = calibrate(world, life, cfg)
-    impressions, clicks = count_impressions(world, life, cfg)
-    row_weight = ctr_weights(impressions, clicks, cfg.hazard_weight_alpha)
+    counts = count_impressions(world, life, cfg)
+    subject_weight = ctr_weights(counts.impressions, counts.clicks, cfg.hazard_weight_alpha)
     logger.debug("world, lifetimes and pass 1 in %.1fs", time.perf_counter() - t0)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -486,23 +562,25 @@ def generate(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     try:
-        files, n_click, n_conv = _write_days(world, life, row_weight, cfg, tmp, progress)
-        seen = impressions > 0
+        files, n_click, n_conv = _write_days(world, life, counts, subject_weight, cfg, tmp, progress)
+        subjects, short_rate, long_rate = _event_rates(world, life, counts)
         stats = {
             "rows": cfg.rows,
             "days": cfg.days,
             "files": files,
             "ctr": n_click / cfg.rows,
             "cvr": n_conv / max(n_click, 1),
-            "creatives_shown": int(seen.sum()),
-            "short_event_rate": float(life.short_event[seen].mean()),
-            "long_event_rate": float(life.long_event[seen].mean()),
+            "creatives_shown": int(np.count_nonzero(counts.impressions)),
+            "subjects": subjects,
+            "short_event_rate": short_rate,
+            "long_event_rate": long_rate,
         }
         meta = {
             "config": asdict(cfg),
             "ctr_bias": world.ctr_bias,
             "cvr_bias": world.cvr_bias,
             "grids": {"short_days": SHORT_INTERVALS, "long_weeks": LONG_INTERVALS},
+            "hazard_subject": f"creative_id * {SUBJECT_DAY_STRIDE} + day index (0-based)",
             "stats": stats,
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

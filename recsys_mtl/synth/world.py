@@ -10,7 +10,9 @@ The ground truth (see METHODS.md, "Synthetic data with ground truth"):
   device and a latent taste ``z_u = m + N(0, I_k)``; the shared mean ``m`` makes some creatives broadly
   appealing, which is what gives a creative a mean CTR of its own;
 - creatives belong to a campaign, which belongs to an advertiser; they have a category (mostly their
-  campaign's), a format, a base bid, a launch time and a latent vector
+  campaign's), a format, a base bid, a launch day (a whole number of days from the window start: a
+  creative launches at the start of a day, so its age at the start of every day is a whole number of
+  days and lines up with the daily hazard grid of `lifetimes.py`) and a latent vector
   ``z_i = sqrt(0.6) c_category + sqrt(0.4) N(0, I_k)``, so the category carries signal;
 - user, creative, city and category ids have Zipf popularity with the ranks randomly permuted, so an
   id's value says nothing about its popularity;
@@ -45,6 +47,10 @@ N_HOURS = 24
 # The "day" slot of the world's RNG seeds: `generate` seeds chunk streams with
 # [seed, day, chunk, stream], and no real day reaches this value, so world and chunk streams never meet.
 WORLD_STREAM = 0xFFFF_0000
+# hazard_subject = creative_id * SUBJECT_DAY_STRIDE + day: one survival subject per (creative, day).
+# Unique while day < SUBJECT_DAY_STRIDE (`SynthConfig.validate` caps `days` there) and free of int64
+# overflow while creatives < 2**63 / SUBJECT_DAY_STRIDE (about 9e13, also checked).
+SUBJECT_DAY_STRIDE = 100_000
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -91,6 +97,11 @@ class SynthConfig:
     hazard_weight_alpha: float = 20.0
     """Pseudo-impressions of the empirical-Bayes CTR smoothing behind `hazard_weight`."""
     # --- creative lifetimes (see lifetimes.py) ---
+    label_follow_up_days: float = 28.0
+    """Days after the last generated day during which discontinuations are still observed for the
+    survival labels (real labels mature after the impressions: a creative shown on the last day is
+    followed up like any other). Subjects are censored at last day + this. With 28, the daily grid
+    (14 days) is fully observed for every subject and the weekly grid (16 weeks) is censored."""
     pre_window_days: float = 112.0
     """Creatives launched before the window are spread over this many days before it."""
     launch_in_window_frac: float = 0.3
@@ -135,8 +146,12 @@ class SynthConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.rows < self.days:
             raise ValueError(f"rows ({self.rows}) must be >= days ({self.days}): every day gets rows")
-        if self.days >= WORLD_STREAM:
-            raise ValueError(f"days must be < {WORLD_STREAM}")
+        if self.days > SUBJECT_DAY_STRIDE:
+            raise ValueError(f"days must be <= {SUBJECT_DAY_STRIDE} (hazard_subject ids), got {self.days}")
+        if self.creatives >= 2**63 // SUBJECT_DAY_STRIDE:
+            raise ValueError(f"creatives must be < {2**63 // SUBJECT_DAY_STRIDE} (hazard_subject ids)")
+        if self.label_follow_up_days < 0:
+            raise ValueError(f"label_follow_up_days must be >= 0, got {self.label_follow_up_days}")
         if not -1.0 <= self.rho <= 1.0:
             raise ValueError(f"rho must be in [-1, 1], got {self.rho}")
         if not 0.0 < self.ctr < 1.0:
@@ -251,7 +266,7 @@ class World:
     creative_category: np.ndarray  # int64
     creative_format: np.ndarray  # int64, index into FORMATS
     creative_bid: np.ndarray  # float32, base bid
-    creative_launch: np.ndarray  # float64, launch time in days from the window start (< days)
+    creative_launch: np.ndarray  # float64, whole-day launch time in days from the window start (< days)
     creative_pop: np.ndarray  # float64, Zipf popularity (impression share among live creatives)
     creative_az: np.ndarray  # float32 (creatives, k), A z_i
     creative_bz: np.ndarray  # float32 (creatives, k), B z_i
@@ -465,9 +480,10 @@ def build_world(cfg: SynthConfig) -> World:
     quality_cvr = rng.normal(0.0, 0.3, n_c)
     bid = (adv_bid[camp_adv[campaign]] * rng.lognormal(0.0, 0.3, n_c)).astype(np.float32)
     in_window = rng.random(n_c) < cfg.launch_in_window_frac
-    launch = np.where(in_window, rng.random(n_c) * cfg.days, -rng.random(n_c) * cfg.pre_window_days).astype(
-        np.float64
-    )
+    # whole days (floor): in-window launches on days 0..days-1, earlier ones on days -1..-ceil(pre)
+    launch = np.floor(
+        np.where(in_window, rng.random(n_c) * cfg.days, -rng.random(n_c) * cfg.pre_window_days)
+    ).astype(np.float64)
 
     # --- users ---
     rng = world_rng(seed, 4)

@@ -1,0 +1,68 @@
+"""Export a trained run to the model registry as TorchScript: REGISTRY/NAME/VERSION/ with model.pt
+and manifest.json (recipe, feature transform with its dense statistics, tasks and grids, training
+data range, held-out metrics, sha256 of model.pt, versions). The version directory appears
+atomically; VERSION defaults to the next integer (1, 2, ...). current.json, which servers follow,
+changes only with --promote.
+
+The exported model is checked against the trained one before it is published (batch sizes 1, 7,
+64); --int8 quantizes the embedding tables to int8 (TorchRec inference quantization).
+
+examples:
+  recsys-mtl export --run runs/home --registry registry --name ads_ranker --promote
+  recsys-mtl export --run runs/home --registry registry --name ads_ranker --int8 --version 2026-01-07
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recsys_mtl.cli.common import fail
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, type=Path, help="training run directory (run.json, checkpoint/)")
+    p.add_argument(
+        "--registry", required=True, type=Path, help="registry root directory (created if missing)"
+    )
+    p.add_argument("--name", required=True, help="model name in the registry, e.g. ads_ranker")
+    p.add_argument("--int8", action="store_true", help="int8 embedding tables (dense layers stay fp32)")
+    p.add_argument("--promote", action="store_true", help="make the new version current (current.json)")
+    p.add_argument("--version", help="explicit version name (must be new); default: the next integer")
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys_mtl.registry import RegistryError, check_name
+
+    # Cheap checks first: a typo should not wait for torch to import.
+    try:
+        check_name("model name", args.name)
+        if args.version is not None:
+            check_name("version", args.version)
+    except RegistryError as e:
+        return fail(e)
+    if not args.run.is_dir():
+        return fail(FileNotFoundError(f"{args.run}: run directory does not exist"))
+    if not (args.run / "run.json").is_file():
+        return fail(FileNotFoundError(f"{args.run}: not a training run (no run.json)"))
+
+    from recsys_mtl.export import ExportError, export_run
+
+    try:
+        res = export_run(
+            args.run, args.registry, args.name, int8=args.int8, promote=args.promote, version=args.version
+        )
+    except ExportError as e:
+        return fail(e, code=1)
+    except (OSError, ValueError) as e:  # RunError, RegistryError, RecipeError
+        return fail(e)
+    print(
+        f"exported {res.name} version {res.version} ({'int8' if res.int8 else 'fp32'}, "
+        f"{res.bytes / 1e6:.2f} MB, sha256 {res.sha256[:12]}, max |diff| vs eager {res.max_abs_diff:.2g}, "
+        f"{res.seconds:.1f}s) -> {res.path}"
+    )
+    from recsys_mtl.registry import Registry
+
+    note = "" if res.promoted else " (unchanged; --promote switches it)"
+    print(f"current: {Registry(args.registry).current(args.name) or 'none'}{note}")
+    return 0

@@ -1,0 +1,387 @@
+"""Export a trained model to the registry as TorchScript, with a manifest the server can trust.
+
+The model (unsharded, CPU, eval) is FX-traced with `torchrec.fx.symbolic_trace` (TorchRec's tracer
+keeps the KeyedJaggedTensor and embedding modules as leaves) and compiled with `torch.jit.script`,
+then saved with `torch.jit.save` into `REGISTRY/NAME/VERSION/model.pt` by `Registry.publish`
+(atomic: see recsys_mtl.registry). With `int8=True` the embedding tables are first swapped for
+TorchRec's quantized inference modules (`torchrec.inference.modules.quantize_inference_model`:
+row-wise int8 tables with per-row scale and bias, FBGEMM's IntNBit kernels; outputs stay fp32); the
+dense layers stay fp32, as they hold a tiny share of the bytes and most of the precision.
+
+Before anything is published, the artifact is reloaded from its own bytes and scored against the
+eager model on synthetic rows at batch sizes 1, 7 and 64 (tracing can freeze lengths); an fp32
+export that differs by more than `FP32_TOLERANCE` is refused. The int8 difference is recorded.
+
+manifest.json (kind "recsys-mtl-model", manifest_version 1):
+
+    name, version, created_at (UTC ISO), int8
+    artifact      {format: "torchscript", file: "model.pt", sha256, bytes, quantization, signature}
+    outputs       model output key -> {shape: ["N"] | ["N", L], dtype, task}
+    tasks         [{name, kind, has_head, product_of, category, grid, unit, num_intervals, outputs}]
+    grids         hazard task -> {grid, unit, num_intervals}
+    inputs        {columns (raw columns a request needs), sparse_keys, dense_features}
+    transform     FeatureTransform.spec() (with the dense statistics fitted in training)
+    recipe        the full recipe (model, features, tasks, training options)
+    model         {type, parameters}
+    data          the run's data range: dir, train_days, eval_days, train_range, eval_range
+    metrics       the run's metrics.json (held-out evaluation), or null
+    source_run    {path, finished_at, steps, samples, world_size}
+    versions      torch, torchrec, fbgemm_gpu, python, recsys_mtl of the exporting process
+    export        {seconds, parity: {batch_sizes, max_abs_diff (vs the fp32 eager model)}}
+    golden        {columns, outputs}: 8 raw rows and the artifact's outputs on them; the server
+                  re-scores them before it serves (`LoadedModel.validate`)
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import importlib.metadata
+import io
+import json
+import logging
+import platform
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys_mtl.models.model import MultiTaskModel
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.registry import Registry
+from recsys_mtl.scorer import (
+    MANIFEST_KIND,
+    MANIFEST_VERSION,
+    TorchScriptArtifact,
+    sha256_bytes,
+    synthetic_columns,
+)
+from recsys_mtl.transform import FeatureTransform
+
+log = logging.getLogger("recsys_mtl.export")
+
+MODEL_FILE = "model.pt"
+# fp32 TorchScript runs the same kernels as eager; anything above this is an export bug.
+FP32_TOLERANCE = 1e-5
+PARITY_BATCH_SIZES = (1, 7, 64)
+GOLDEN_ROWS = 8
+
+
+class ExportError(RuntimeError):
+    """The exported artifact does not reproduce the model; nothing was published."""
+
+
+@dataclass
+class ExportResult:
+    """What `export_model` published."""
+
+    name: str
+    version: str
+    path: Path
+    sha256: str
+    bytes: int
+    int8: bool
+    seconds: float
+    promoted: bool
+    max_abs_diff: float
+
+
+def script_model(model: MultiTaskModel, int8: bool = False) -> torch.jit.ScriptModule:
+    """FX-trace (torchrec) and script a copy of `model`; with `int8`, quantize its tables first.
+
+    The model is deep-copied first: quantization swaps modules in place, and tracing a quantized
+    model stores traced placeholders in it, so the caller's eager model stays untouched.
+    """
+    import torchrec.fx
+
+    m = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream; it is the product's format (DESIGN.md). TorchRec's
+        # quantization still goes through torch.ao.quantization, which warns about its own future.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.ao\.quantization")
+        warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
+        warnings.filterwarnings("ignore", message=r"(The TorchScript type system|TorchScript will treat)")
+        if int8:
+            from torchrec.inference.modules import quantize_inference_model
+
+            m = quantize_inference_model(m)
+        return torch.jit.script(torchrec.fx.symbolic_trace(m))
+
+
+def artifact_bytes(scripted: torch.jit.ScriptModule) -> bytes:
+    """The TorchScript archive as bytes (hashed and written by the registry)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        torch.jit.save(scripted, buf)
+    return buf.getvalue()
+
+
+def _slice(columns: Mapping[str, list[Any]], n: int) -> dict[str, list[Any]]:
+    return {k: v[:n] for k, v in columns.items()}
+
+
+def _parity(
+    model: MultiTaskModel, artifact: TorchScriptArtifact, transform: FeatureTransform
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """Max |artifact - eager| over every output at several batch sizes; and the largest batch's
+    artifact outputs (their shapes describe the outputs)."""
+    cols = synthetic_columns(transform, max(PARITY_BATCH_SIZES), seed=1)
+    was_training = model.training
+    model.eval()
+    try:
+        worst, got = _compare(model, artifact, transform, cols)
+    finally:
+        model.train(was_training)
+    return worst, got
+
+
+def _compare(
+    model: MultiTaskModel,
+    artifact: TorchScriptArtifact,
+    transform: FeatureTransform,
+    cols: Mapping[str, list[Any]],
+) -> tuple[float, dict[str, torch.Tensor]]:
+    worst = 0.0
+    got: dict[str, torch.Tensor] = {}
+    for n in PARITY_BATCH_SIZES:
+        b = transform(_slice(cols, n))
+        with torch.inference_mode():
+            want = model(b.sparse, b.dense)
+            got = artifact.forward(b.sparse, b.dense)
+        if set(got) != set(want):
+            raise ExportError(f"exported outputs {sorted(got)} differ from the model's {sorted(want)}")
+        for k in want:
+            if got[k].shape != want[k].shape:
+                raise ExportError(
+                    f"output {k!r} at batch size {n}: shape {tuple(got[k].shape)}, expected "
+                    f"{tuple(want[k].shape)} (did tracing freeze a length?)"
+                )
+            if not bool(torch.isfinite(got[k]).all()):
+                raise ExportError(f"output {k!r} at batch size {n} is not finite")
+            worst = max(worst, float((got[k] - want[k]).abs().max()))
+    return worst, got
+
+
+def _package_versions() -> dict[str, str | None]:
+    def ver(*dists: str) -> str | None:
+        for d in dists:
+            try:
+                return importlib.metadata.version(d)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return None
+
+    from recsys_mtl import __version__
+
+    return {
+        "torch": torch.__version__,
+        "torchrec": ver("torchrec"),
+        "fbgemm_gpu": ver("fbgemm-gpu-cpu", "fbgemm-gpu"),
+        "python": platform.python_version(),
+        "recsys_mtl": __version__,
+    }
+
+
+def _tasks(
+    recipe: Recipe, outputs: Mapping[str, torch.Tensor]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    tasks: list[dict[str, Any]] = []
+    grids: dict[str, Any] = {}
+    for t in recipe.tasks:
+        entry: dict[str, Any] = {
+            "name": t.name,
+            "kind": t.kind,
+            "has_head": not t.product_of,
+            "product_of": t.product_of,
+            "category": t.category,
+            "outputs": [k for k in (t.name, f"{t.name}_logit") if k in outputs],
+        }
+        if t.kind == "hazard":
+            assert t.grid is not None
+            entry.update(grid=list(t.grid), unit=t.unit, num_intervals=t.num_intervals)
+            grids[t.name] = {"grid": list(t.grid), "unit": t.unit, "num_intervals": t.num_intervals}
+        tasks.append(entry)
+    return tasks, grids
+
+
+def _output_specs(recipe: Recipe, outputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    names = {t.name for t in recipe.tasks}
+    return {
+        k: {
+            "shape": ["N", *(int(s) for s in v.shape[1:])],
+            "dtype": str(v.dtype).removeprefix("torch."),
+            "task": k if k in names else k.removesuffix("_logit"),
+        }
+        for k, v in outputs.items()
+    }
+
+
+def _data_range(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    out = dict(data)
+    for key in ("train", "eval"):
+        days = list(data.get(f"{key}_days") or [])
+        out[f"{key}_range"] = [days[0], days[-1]] if days else None
+    return out
+
+
+def export_model(
+    model: MultiTaskModel,
+    recipe: Recipe,
+    transform: FeatureTransform,
+    registry: Registry | str | Path,
+    name: str,
+    *,
+    int8: bool = False,
+    promote: bool = False,
+    version: str | int | None = None,
+    data: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    source_run: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> ExportResult:
+    """Script `model` (optionally with int8 tables), check it against the eager model, and publish
+    it as a new registry version with its manifest; promote it to current if asked.
+
+    Args:
+        model: the trained, unsharded CPU model (left unchanged).
+        recipe, transform: what it was trained with (`transform` carries the dense statistics).
+        registry: a `Registry` or its root directory.
+        name: the registry model name.
+        int8: quantize the embedding tables to int8 (TorchRec inference quantization).
+        promote: switch current.json to the new version once it is published.
+        version: an explicit version; default the next integer.
+        data, metrics, source_run: provenance recorded in the manifest (see the module docstring).
+        extra_files: more files for the version directory (e.g. a nightly report).
+
+    Raises:
+        ExportError: the artifact does not reproduce the model (fp32) or gives non-finite outputs.
+        RegistryError: a bad name, or an explicit version that exists.
+    """
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    t0 = time.perf_counter()
+    blob = artifact_bytes(script_model(model, int8=int8))
+    artifact = TorchScriptArtifact.from_bytes(blob)  # the bytes as the server will load them
+    max_diff, outputs = _parity(model, artifact, transform)
+    if not int8 and max_diff > FP32_TOLERANCE:
+        raise ExportError(
+            f"the TorchScript export differs from the eager model by {max_diff:.3g} (> {FP32_TOLERANCE:g})"
+        )
+    golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
+    gb = transform(golden_cols)
+    with torch.inference_mode():
+        golden_out = artifact.forward(gb.sparse, gb.dense)
+    tasks, grids = _tasks(recipe, outputs)
+    seconds = time.perf_counter() - t0
+    digest = sha256_bytes(blob)
+    manifest: dict[str, Any] = {
+        "kind": MANIFEST_KIND,
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        "version": None,  # filled in by Registry.publish
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "int8": int8,
+        "artifact": {
+            "format": TorchScriptArtifact.format,
+            "file": MODEL_FILE,
+            "sha256": digest,
+            "bytes": len(blob),
+            "quantization": (
+                "embedding tables int8 row-wise (torchrec quantize_inference_model); dense layers fp32"
+                if int8
+                else None
+            ),
+            "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[N, D]) -> Dict[str, Tensor]",
+        },
+        "outputs": _output_specs(recipe, outputs),
+        "tasks": tasks,
+        "grids": grids,
+        "inputs": {
+            "columns": transform.input_columns,
+            "sparse_keys": transform.sparse_keys,
+            "dense_features": transform.dense_names,
+        },
+        "transform": transform.spec(),
+        "recipe": recipe.to_dict(),
+        "model": {"type": recipe.model.type, "parameters": sum(p.numel() for p in model.parameters())},
+        "data": _data_range(data),
+        "metrics": dict(metrics) if metrics is not None else None,
+        "source_run": dict(source_run) if source_run is not None else None,
+        "versions": _package_versions(),
+        "export": {
+            "seconds": round(seconds, 3),
+            "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "max_abs_diff": max_diff},
+        },
+        "golden": {
+            "columns": golden_cols,
+            "outputs": {k: v.tolist() for k, v in golden_out.items()},
+        },
+    }
+    files = {MODEL_FILE: blob, **(extra_files or {})}
+    v = reg.publish(name, files, manifest, version=version)
+    if promote:
+        reg.promote(name, v)
+    path = reg.version_dir(name, v)
+    log.info(
+        "exported %s/%s (%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
+        name,
+        v,
+        "int8" if int8 else "fp32",
+        len(blob) / 1e6,
+        max_diff,
+        seconds,
+        "; promoted" if promote else "",
+    )
+    return ExportResult(
+        name=name,
+        version=v,
+        path=path,
+        sha256=digest,
+        bytes=len(blob),
+        int8=int8,
+        seconds=time.perf_counter() - t0,
+        promoted=promote,
+        max_abs_diff=max_diff,
+    )
+
+
+def export_run(
+    run_dir: str | Path,
+    registry: Registry | str | Path,
+    name: str,
+    *,
+    int8: bool = False,
+    promote: bool = False,
+    version: str | int | None = None,
+) -> ExportResult:
+    """Export a finished training run: its consolidated model, recipe, transform, data range and
+    held-out metrics (see `export_model`)."""
+    from recsys_mtl.run import METRICS_FILE, load_run
+
+    run = load_run(run_dir)
+    metrics_path = run.path / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    source = {
+        "path": str(run.path.resolve()),
+        **{k: run.info.get(k) for k in ("finished_at", "steps", "samples", "world_size")},
+    }
+    return export_model(
+        run.model,
+        run.recipe,
+        run.transform,
+        registry,
+        name,
+        int8=int8,
+        promote=promote,
+        version=version,
+        data=run.info.get("data"),
+        metrics=metrics,
+        source_run=source,
+    )

@@ -1,0 +1,368 @@
+"""Load an exported model from the registry and score raw rows with it: what the server runs.
+
+    from recsys_mtl.scorer import load_model
+    m = load_model("registry", "ads_ranker")          # version="current" (or "latest", or "3")
+    m.validate()                                      # golden rows reproduce; outputs finite
+    scores = m.score({"user_id": [...], "creative_id": [...], ...})   # or a pyarrow Table/RecordBatch
+
+`score` returns numpy arrays, one row per input row, in input order:
+
+    "<binary task>"            probability [N]            (ctr, cvr, and the product task ctcvr)
+    "<hazard task>"            hazard per interval [N, L] (L = len(grid) - 1)
+    "<hazard task>_survival"   S(t_k) = prod_{j<=k} (1 - h_j), [N, L]: survival to the end of interval k
+    "<hazard task>_risk"       1 - S(t_L), [N]: the probability of the event within the grid's horizon
+
+Safety: the manifest's sha256 of model.pt is checked on the exact bytes that are then loaded (no
+window in which the file could change between check and load); a mismatch is refused. The artifact
+is TorchScript, loaded with `torch.jit.load`: its code is TorchScript IR and its weights are
+tensors, so no arbitrary Python object is unpickled (never `torch.load(weights_only=False)` here).
+
+Artifact formats sit behind the small `ModelArtifact` protocol: a loader per manifest
+`artifact.format` in `ARTIFACT_LOADERS`. TorchScript is the product's format (DESIGN.md); a
+torch.export (`.pt2`) loader can be registered beside it without touching the scoring code.
+
+This module imports only the recipe, the feature transform and the registry, never training code,
+so the server stays small and cannot drift from the transform used in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+# The int8 graph calls FBGEMM's quantized embedding operators; importing fbgemm_gpu registers them
+# with torch before `torch.jit.load` resolves the graph's ops (torchrec usually imports it too).
+import fbgemm_gpu  # noqa: F401
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.registry import Registry, RegistryError
+from recsys_mtl.transform import Columns, FeatureBatch, FeatureTransform
+
+log = logging.getLogger("recsys_mtl.scorer")
+
+MANIFEST_KIND = "recsys-mtl-model"
+MANIFEST_VERSION = 1
+
+
+class ModelLoadError(RuntimeError):
+    """A registry model that must not be served: checksum mismatch, unknown format, failed validation."""
+
+
+# ---------------------------------------------------------------------------------------------
+# artifacts
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ModelArtifact(Protocol):
+    """A loaded model artifact: the exported `MultiTaskModel.forward`, whatever its file format."""
+
+    format: str
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model outputs (see recsys_mtl.models.model) for one batch of transformed rows."""
+        ...
+
+
+class TorchScriptArtifact:
+    """A TorchScript module (FX-traced with torchrec, then scripted) saved with `torch.jit.save`."""
+
+    format = "torchscript"
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        self.module = module
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TorchScriptArtifact:
+        """Load from the bytes whose checksum was verified (so they cannot change in between)."""
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream; it is the product's format (DESIGN.md).
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning
+            )
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module.eval()
+        return cls(module)
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.module(sparse, dense)
+
+
+# manifest artifact.format -> loader of the verified file bytes
+ARTIFACT_LOADERS: dict[str, Callable[[bytes], ModelArtifact]] = {
+    TorchScriptArtifact.format: TorchScriptArtifact.from_bytes,
+}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# golden / warm-up rows
+# ---------------------------------------------------------------------------------------------
+
+
+def synthetic_columns(transform: FeatureTransform, n: int, seed: int = 0) -> dict[str, list[Any]]:
+    """`n` raw rows for every input column of `transform`, as JSON-able lists.
+
+    Used as the golden request stored in the manifest (the server re-scores it before serving) and
+    for warm-up. The rows exercise the awkward paths: a missing id (-> row 0), unknown strings,
+    empty and over-long lists; dense values are finite (JSON has no NaN; the transform's NaN
+    handling is tested on its own).
+    """
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list[Any]] = {}
+
+    def ids(f: Any, k: int) -> list[Any]:
+        if f.value_type == "string":
+            pool = [*(f.vocabulary or []), "unseen", "a", "b", "c"]
+            return [str(pool[i]) for i in rng.integers(0, len(pool), k)]
+        return [int(v) for v in rng.integers(0, 10 * f.num_rows, k)]
+
+    for f in transform.features:
+        if f.source in cols:
+            continue
+        if f.kind == "dense":
+            cols[f.source] = [float(v) for v in np.round(rng.lognormal(0.0, 1.0, n), 6)]
+        elif f.kind == "id":
+            vals = ids(f, n)
+            if n > 1:
+                vals[1] = None  # a missing value
+            cols[f.source] = vals
+        else:
+            max_len = int(f.max_len or 1)
+            lens = rng.integers(0, max_len + 3, n)  # some empty, some truncated
+            cols[f.source] = [ids(f, int(k)) for k in lens]
+    return cols
+
+
+def _as_nested(t: torch.Tensor) -> list[Any]:
+    return t.detach().to(torch.float64).cpu().numpy().tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loaded model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task as the manifest describes it (binary: `grid` is None)."""
+
+    name: str
+    kind: str
+    grid: list[float] | None = None
+    unit: str | None = None
+
+    @property
+    def num_intervals(self) -> int:
+        return len(self.grid) - 1 if self.grid else 0
+
+
+@dataclass
+class LoadedModel:
+    """A verified registry model plus the feature transform it was trained with."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    transform: FeatureTransform
+    artifact: ModelArtifact
+    tasks: list[TaskInfo] = field(default_factory=list)
+
+    @property
+    def int8(self) -> bool:
+        return bool(self.manifest.get("int8", False))
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns a request must provide."""
+        return self.transform.input_columns
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def predict(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+        """Raw model outputs (probabilities, logits, hazards) for already-transformed rows."""
+        with torch.inference_mode():
+            return self.artifact.forward(batch.sparse, batch.dense)
+
+    def score(self, columns: Columns, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Score raw rows (a pyarrow Table/RecordBatch or a dict column -> values).
+
+        Args:
+            columns: one row per candidate, with at least `input_columns` (others are ignored).
+            tasks: the tasks wanted (default: all); an unknown name is a ValueError.
+
+        Returns:
+            float32 arrays in row order; see the module docstring for the keys.
+
+        Raises:
+            recsys_mtl.transform.TransformError: a missing column or a value of the wrong type
+                (its `field` names the column); ValueError: no rows, or an unknown task.
+        """
+        wanted = self._wanted(tasks)
+        batch = self.transform(columns)
+        if batch.batch_size == 0:
+            raise ValueError("no rows to score")
+        out = self.predict(batch)
+        result: dict[str, np.ndarray] = {}
+        for t in wanted:
+            y = out[t.name].float()
+            if t.kind == "hazard":
+                surv = torch.cumprod(1.0 - y, dim=1)
+                result[t.name] = y.numpy()
+                result[f"{t.name}_survival"] = surv.numpy()
+                result[f"{t.name}_risk"] = (1.0 - surv[:, -1]).numpy()
+            else:
+                result[t.name] = y.numpy()
+        return result
+
+    def _wanted(self, tasks: Sequence[str] | None) -> list[TaskInfo]:
+        if tasks is None:
+            return list(self.tasks)
+        by_name = {t.name: t for t in self.tasks}
+        unknown = [t for t in tasks if t not in by_name]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; this model has {self.task_names}")
+        return [by_name[t] for t in dict.fromkeys(tasks)]
+
+    def validate(self, atol: float = 1e-4) -> None:
+        """Score the manifest's golden rows: every output present, finite, and equal (within `atol`)
+        to what the exporter recorded. Raises ModelLoadError otherwise. Run before serving."""
+        golden = self.manifest.get("golden")
+        if not isinstance(golden, dict) or "columns" not in golden or "outputs" not in golden:
+            raise ModelLoadError(f"{self.path}: the manifest has no golden request to validate with")
+        try:
+            got = self.predict(self.transform(golden["columns"]))
+        except Exception as e:  # any failure here means the model must not be served
+            raise ModelLoadError(f"{self.path}: scoring the golden request failed: {e}") from e
+        for key, want in golden["outputs"].items():
+            if key not in got:
+                raise ModelLoadError(f"{self.path}: output {key!r} missing from the model's outputs")
+            g = got[key].to(torch.float64)
+            if not bool(torch.isfinite(g).all()):
+                raise ModelLoadError(f"{self.path}: output {key!r} is not finite on the golden request")
+            w = torch.tensor(want, dtype=torch.float64)
+            if g.shape != w.shape:
+                raise ModelLoadError(
+                    f"{self.path}: output {key!r} has shape {tuple(g.shape)}, expected {tuple(w.shape)}"
+                )
+            diff = float((g - w).abs().max()) if g.numel() else 0.0
+            if diff > atol:
+                raise ModelLoadError(
+                    f"{self.path}: output {key!r} differs from the exported golden scores by {diff:.3g} "
+                    f"(> {atol:g}): this host does not reproduce the model"
+                )
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 64, 2000), seed: int = 1) -> None:
+        """Run a few batches of synthetic rows so first requests do not pay one-time costs."""
+        for n in batch_sizes:
+            self.score(synthetic_columns(self.transform, n, seed=seed))
+
+
+def _tasks_from_manifest(manifest: Mapping[str, Any]) -> list[TaskInfo]:
+    return [
+        TaskInfo(name=t["name"], kind=t["kind"], grid=t.get("grid"), unit=t.get("unit"))
+        for t in manifest.get("tasks", [])
+    ]
+
+
+def load_artifact(version_dir: Path, manifest: Mapping[str, Any]) -> ModelArtifact:
+    """Read the artifact file, verify its sha256 against the manifest, then load those same bytes."""
+    art = manifest.get("artifact")
+    if not isinstance(art, dict) or not {"format", "file", "sha256"} <= art.keys():
+        raise ModelLoadError(f"{version_dir}: the manifest has no artifact entry (format, file, sha256)")
+    loader = ARTIFACT_LOADERS.get(art["format"])
+    if loader is None:
+        raise ModelLoadError(
+            f"{version_dir}: artifact format {art['format']!r} is not supported here "
+            f"(supported: {sorted(ARTIFACT_LOADERS)})"
+        )
+    p = version_dir / Path(art["file"]).name
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{p}: cannot read the model file ({e.strerror})") from None
+    digest = sha256_bytes(data)
+    if digest != art["sha256"]:
+        raise ModelLoadError(
+            f"{p}: sha256 mismatch (manifest {art['sha256'][:16]}..., file {digest[:16]}...): "
+            "the model file was modified or corrupted; refusing to load it"
+        )
+    try:
+        return loader(data)
+    except Exception as e:  # a checksummed file that still fails to load: report, never serve
+        raise ModelLoadError(f"{p}: the {art['format']} artifact failed to load: {e}") from e
+
+
+def _check_versions(manifest: Mapping[str, Any], where: Path) -> None:
+    want = manifest.get("versions", {}).get("torch")
+    if want and want.split("+")[0] != torch.__version__.split("+")[0]:
+        log.warning(
+            "%s was exported with torch %s; this process runs torch %s", where, want, torch.__version__
+        )
+
+
+def load_model(registry: Registry | str | Path, name: str, version: str | int = "current") -> LoadedModel:
+    """Load a registry model: resolve the version, read the manifest, verify the artifact's sha256
+    BEFORE loading it, load it, and rebuild the feature transform from the manifest's spec.
+
+    Args:
+        registry: a `Registry` or its root directory.
+        name: the model name.
+        version: "current" (current.json), "latest", or a version ("3" or 3).
+
+    Raises:
+        RegistryError: no such model/version, or an unreadable manifest.
+        ModelLoadError: checksum mismatch, unsupported format, or an artifact that fails to load.
+    """
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    v = reg.resolve(name, version)
+    d = reg.version_dir(name, v)
+    manifest = reg.manifest(name, v)
+    if manifest.get("kind") != MANIFEST_KIND or manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ModelLoadError(
+            f"{d}: not a {MANIFEST_KIND} manifest version {MANIFEST_VERSION} "
+            f"(kind={manifest.get('kind')!r}, manifest_version={manifest.get('manifest_version')!r})"
+        )
+    _check_versions(manifest, d)
+    artifact = load_artifact(d, manifest)
+    try:
+        transform = FeatureTransform.from_spec(manifest["transform"])
+    except (KeyError, ValueError) as e:
+        raise ModelLoadError(f"{d}: the manifest's feature transform spec is unusable: {e}") from None
+    return LoadedModel(
+        name=name,
+        version=v,
+        path=d,
+        manifest=dict(manifest),
+        transform=transform,
+        artifact=artifact,
+        tasks=_tasks_from_manifest(manifest),
+    )
+
+
+__all__ = [
+    "ARTIFACT_LOADERS",
+    "LoadedModel",
+    "ModelArtifact",
+    "ModelLoadError",
+    "RegistryError",
+    "TaskInfo",
+    "TorchScriptArtifact",
+    "load_artifact",
+    "load_model",
+    "synthetic_columns",
+]
