@@ -105,3 +105,34 @@ def load_training_checkpoint(
     rng = checkpoint / f"rng-rank{rank}.pt"
     if rng.is_file():
         torch.set_rng_state(torch.load(rng, weights_only=True))
+
+
+def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load unsharded full tensors (a registry version's weights.pt) into a possibly sharded model:
+    each rank copies the slices of the tables it holds (TorchRec ShardedTensor shard offsets)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise ValueError(f"warm-start weights do not fit this model: missing {missing[:5]}")
+    for key, dst in state.items():
+        src = weights[key]
+        if isinstance(dst, ShardedTensor):
+            if list(dst.size()) != list(src.shape):
+                raise ValueError(
+                    f"warm-start weights: {key} is {tuple(src.shape)}, model has {tuple(dst.size())}"
+                )
+            for shard in dst.local_shards():
+                idx = tuple(
+                    slice(o, o + n)
+                    for o, n in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes, strict=True)
+                )
+                shard.tensor.copy_(src[idx])
+        elif isinstance(dst, torch.Tensor):
+            if dst.shape != src.shape:
+                raise ValueError(
+                    f"warm-start weights: {key} is {tuple(src.shape)}, model has {tuple(dst.shape)}"
+                )
+            dst.copy_(src)
+    model.load_state_dict(state)

@@ -71,6 +71,17 @@ PARITY_BATCH_SIZES = (1, 7, 64)
 GOLDEN_ROWS = 8
 
 
+WEIGHTS_FILE = "weights.pt"  # fp32 unsharded state dict (tensors only): what --warm-start reads
+
+
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """The eager model's fp32 weights as a plain tensor dict (loadable with weights_only=True), so
+    training can warm-start from a registry version without the run that produced it."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
 class ExportError(RuntimeError):
     """The exported artifact does not reproduce the model; nothing was published."""
 
@@ -324,7 +335,7 @@ def export_model(
             "outputs": {k: v.tolist() for k, v in golden_out.items()},
         },
     }
-    files = {MODEL_FILE: blob, **(extra_files or {})}
+    files = {MODEL_FILE: blob, WEIGHTS_FILE: weights_bytes(model), **(extra_files or {})}
     v = reg.publish(name, files, manifest, version=version)
     if promote:
         reg.promote(name, v)

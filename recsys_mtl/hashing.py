@@ -31,17 +31,24 @@ def salt_for(table: str) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.blake2b(table.encode(), digest_size=8).digest(), "little"))
 
 
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array, in place (and returned); wrapping arithmetic is
+    intended. Also the synthetic generator's counter-based random source."""
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return x
+
+
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic is intended)."""
+    """SplitMix64 (Steele et al., 2014) of each value: golden-ratio increment, then the finaliser."""
     z = x.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
         z += _GOLDEN
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return z
+    return mix64(z)
 
 
 def hash_ints(values: np.ndarray, salt: np.uint64) -> np.ndarray:

@@ -12,6 +12,7 @@ a random one, because that is how the model will be used: trained on the past, s
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import shutil
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from recsys_mtl.checkpoint import (
     latest_checkpoint,
+    load_full_weights,
     load_model_weights,
     load_training_checkpoint,
     save_training_checkpoint,
@@ -185,15 +187,19 @@ def _run_header(
 
 
 def _warm_start_checkpoint(source: Path) -> Path:
-    """The checkpoint directory to warm-start from: a run directory's latest checkpoint, or a
-    checkpoint directory itself (e.g. a registry version's `weights/`)."""
+    """What to warm-start from: a run directory (its latest checkpoint), a checkpoint directory,
+    a registry version directory (its weights.pt) or a registry model directory (its current
+    version, as the nightly job does)."""
     latest = latest_checkpoint(source)
     if latest is not None:
         return latest[0]
     if (source / ".metadata").is_file():  # a DCP checkpoint directory
         return source
-    if (source / "weights" / ".metadata").is_file():  # a registry version directory
-        return source / "weights"
+    if (source / "weights.pt").is_file():  # a registry version directory
+        return source / "weights.pt"
+    if (source / "current.json").is_file():  # a registry model directory: its current version
+        version = json.loads((source / "current.json").read_text())["version"]
+        return _warm_start_checkpoint(source / str(version))
     raise DataError("nothing to warm-start from (no checkpoint in it)", source)
 
 
@@ -252,7 +258,10 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         log.info("--resume: no checkpoint yet in %s; starting from step 0", cfg.out)
     if cfg.warm_start and latest is None:
         src = _warm_start_checkpoint(Path(cfg.warm_start))
-        load_model_weights(model, src)
+        if src.suffix == ".pt":  # a registry version's unsharded weights
+            load_full_weights(model, torch.load(src, weights_only=True))
+        else:
+            load_model_weights(model, src)
         if ctx.is_main:
             log.info("warm start: model weights from %s", src)
 

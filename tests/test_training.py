@@ -272,3 +272,28 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_warm_starts(tmp_path: Path, 
     cold = train(recipe, data, tmp_path / "cold", "--max-steps", "20")
     assert warm["warm_start"] == str(two)
     assert warm["loss_curve"][0]["loss"] < 0.8 * cold["loss_curve"][0]["loss"]
+    # ... and from a registry (what the nightly job does): export, then warm-start 2 sharded ranks
+    # from the model's current version, whose unsharded weights each rank slices into its shards
+    reg = tmp_path / "registry"
+    r = subprocess.run(
+        [str(BIN), "export", "--run", str(two), "--registry", str(reg), "--name", "m", "--promote"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    warm2 = train(
+        recipe,
+        data,
+        tmp_path / "warm2",
+        "--warm-start",
+        str(reg / "m"),
+        "--max-steps",
+        "20",
+        "--nproc",
+        "2",
+        "--batch-size",
+        "256",
+    )
+    assert warm2["loss_curve"][0]["loss"] < 0.8 * cold["loss_curve"][0]["loss"]

@@ -4,8 +4,10 @@
   2. check it against the recipe and measure the oracle (the best any model can reach)
   3. train the recipe's model (HoME by default) with --nproc sharded processes (TorchRec, gloo)
   4. evaluate it on the held-out last day against the oracle and print the per-task metrics
+  5. export it (TorchScript) into a local registry, promote it, load it back through the
+     checksum-verified scorer and score a sample request of candidates for every task
 
-Export, serving and scoring join this command as they land.
+Serving over HTTP joins this command when the server lands.
 
 example:
   recsys-mtl demo --out demo-out --rows 600000 --days 4 --nproc 2
@@ -18,8 +20,12 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from recsys_mtl.cli.common import DEFAULT_RECIPE, add_recipe_argument, fail
+
+if TYPE_CHECKING:
+    from recsys_mtl.scorer import LoadedModel
 
 log = logging.getLogger("recsys_mtl.demo")
 
@@ -47,16 +53,16 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         recipe = load_recipe(recipe_path)
-        log.info("step 1/3: generating %s rows over %d day(s) into %s", f"{args.rows:,}", args.days, data)
+        log.info("step 1/4: generating %s rows over %d day(s) into %s", f"{args.rows:,}", args.days, data)
         generate(SynthConfig(rows=args.rows, days=args.days, seed=args.seed), data, overwrite=True)
-        log.info("step 2/3: checking the data against recipe '%s' and measuring the oracle", recipe.name)
+        log.info("step 2/4: checking the data against recipe '%s' and measuring the oracle", recipe.name)
         summary = summarize(recipe, data)
     except (RecipeError, DataError) as e:
         return fail(e)
     print(format_summary(summary))
 
     log.info(
-        "step 3/3: training %s on %d process(es), evaluating on the last day", recipe.model.type, args.nproc
+        "step 3/4: training %s on %d process(es), evaluating on the last day", recipe.model.type, args.nproc
     )
     train_args = [
         "train",
@@ -76,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
     if rc != 0:
         return rc
     info = json.loads((run_dir / "run.json").read_text())
+    log.info("step 4/4: exporting to the registry %s and scoring a sample request", out / "registry")
+    from recsys_mtl.export import export_run
+    from recsys_mtl.scorer import load_model
+
+    exported = export_run(run_dir, out / "registry", recipe.name, promote=True)
+    model = load_model(out / "registry", recipe.name)
+    print(_score_sample(model, data, info_days=json.loads((run_dir / "run.json").read_text())))
+    print(f"exported version {exported.version} to {out / 'registry' / recipe.name}")
     print(
         f"\ntrained {recipe.model.type} on {info['world_size']} process(es): {info['steps']} steps, "
         f"{info['samples_per_s']:,.0f} samples/s; the metrics above are on the held-out day "
@@ -83,3 +97,22 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; data in {data}, run in {run_dir}")
     return 0
+
+
+def _score_sample(model: LoadedModel, data: Path, info_days: dict[str, Any], n: int = 8) -> str:
+    """Score the first `n` impressions of the held-out day as one request; a compact table of every
+    per-candidate score (binary probabilities and each hazard grid's risk = 1 - S(horizon))."""
+    import pyarrow.parquet as pq
+
+    day = info_days["data"]["eval_days"][-1]
+    table = pq.read_table(next((data / f"dt={day}").glob("*.parquet"))).slice(0, n)
+    scores = model.score(table)
+    cols = [k for k, v in scores.items() if v.ndim == 1]
+    lines = [
+        f"sample request: {n} candidates from day {day}",
+        " ".join(["creative".rjust(9), *(c.rjust(17) for c in cols)]),
+    ]
+    creatives = table.column("creative_id").to_pylist()
+    for i in range(n):
+        lines.append(" ".join([str(creatives[i]).rjust(9), *(f"{scores[c][i]:17.4f}" for c in cols)]))
+    return "\n".join(lines)

@@ -37,6 +37,8 @@ from typing import Literal
 
 import numpy as np
 
+from recsys_mtl.hashing import mix64  # SplitMix64's finaliser, as a counter-based RNG
+
 FORMATS: tuple[str, ...] = ("image", "video", "carousel", "text")
 DEVICES: tuple[str, ...] = ("ios", "android", "web")
 N_AGE_BUCKETS = 8
@@ -53,8 +55,6 @@ WORLD_STREAM = 0xFFFF_0000
 SUBJECT_DAY_STRIDE = 100_000
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 # How many of a user's most-liked categories the behaviour sequences draw from, and how often a
 # sequence item is an off-taste category drawn by global popularity instead (exploration noise).
@@ -211,19 +211,6 @@ def draw_from_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     idx = np.searchsorted(cdf, u, side="right")
     np.minimum(idx, len(cdf) - 1, out=idx)
     return idx.astype(np.int64, copy=False)
-
-
-def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on a uint64 array (in place and returned): a fast, well-mixed hash.
-
-    Used as a counter-based random number generator, so a value can be a pure function of its key
-    (seed, user, event index) rather than of its position in a stream."""
-    x ^= x >> np.uint64(30)
-    x *= _M1
-    x ^= x >> np.uint64(27)
-    x *= _M2
-    x ^= x >> np.uint64(31)
-    return x
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
