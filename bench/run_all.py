@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["reader_throughput.py"]
+BENCHES = ["reader_throughput.py", "training_throughput.py"]
 
 if __name__ == "__main__":
     rc = 0
