@@ -1,5 +1,5 @@
 """Evaluate a trained run on Parquet days: per task AUC, GAUC, logloss and calibration (binary
-tasks; CVR on clicked rows only), per-creative C-index, integrated Brier score and survival
+tasks; CVR on clicked rows only), per survival subject (a creative on a day) C-index, integrated Brier score and survival
 calibration (hazard tasks), and the expert-usage diagnostics of mixture-of-experts models.
 
 On synthetic data (with `oracle_*` columns) every task also gets the oracle's metrics and
