@@ -307,7 +307,9 @@ class DataSpec(_Strict):
     """Columns that are not features or task labels but that the pipeline needs."""
 
     user_column: str = Field(default="user_id", description="GAUC groups and the A/B unit.")
-    item_column: str = Field(default="creative_id", description="The item (ad creative); survival subjects default to it.")
+    item_column: str = Field(
+        default="creative_id", description="The item (ad creative); survival subjects default to it."
+    )
     partition: str = Field(default="dt", description="Hive partition key of the day directories.")
 
 

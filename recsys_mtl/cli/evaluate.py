@@ -1,6 +1,7 @@
 """Evaluate a trained run on Parquet days: per task AUC, GAUC, logloss and calibration (binary
-tasks; CVR on clicked rows only), per survival subject (a creative on a day) C-index, integrated Brier score and survival
-calibration (hazard tasks), and the expert-usage diagnostics of mixture-of-experts models.
+tasks; CVR on clicked rows only), C-index, integrated Brier score and survival calibration over
+survival subjects (a creative on a day; hazard tasks), and the expert-usage diagnostics of
+mixture-of-experts models.
 
 On synthetic data (with `oracle_*` columns) every task also gets the oracle's metrics and
 oracle_lift = (model - 0.5) / (oracle - 0.5): 0 is chance, 1 is the best any model can reach.
