@@ -7,6 +7,8 @@ reader tests do not depend on the generator's choices.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,14 @@ from recsys_mtl.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_PATH = ROOT / "configs" / "ads_ranker.yaml"
+BIN = Path(sys.executable).with_name("recsys-mtl")  # the installed console script
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `recsys-mtl ARGS...` as a user does: a subprocess with no stdin, output captured."""
+    return subprocess.run(
+        [str(BIN), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from recsys_mtl.cli import SUBCOMMANDS
-
-BIN = Path(sys.executable).with_name("recsys-mtl")
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+from tests.conftest import cli
 
 
 def test_help_lists_every_subcommand() -> None:

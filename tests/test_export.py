@@ -35,9 +35,8 @@ from recsys_mtl.scorer import LoadedModel, ModelLoadError, load_model
 from recsys_mtl.synth import SynthConfig, generate
 from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform, TransformError
-from tests.conftest import RECIPE_PATH, make_raw_table
+from tests.conftest import RECIPE_PATH, cli, make_raw_table
 
-BIN = Path(sys.executable).with_name("recsys-mtl")
 NAME = "small"
 BINARY = ("ctr", "cvr", "ctcvr")
 HAZARD = ("hazard_short", "hazard_long")
@@ -47,12 +46,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning"),
     pytest.mark.filterwarnings("ignore:TorchScript will treat type annotations:UserWarning"),
 ]
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
 
 
 @dataclass

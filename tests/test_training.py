@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ import pytest
 import yaml
 
 from recsys_mtl.synth import SynthConfig, generate
-from tests.conftest import RECIPE_PATH
-
-BIN = Path(sys.executable).with_name("recsys-mtl")
+from tests.conftest import BIN, RECIPE_PATH, cli
 
 
 def small_recipe(tmp: Path, model: dict[str, Any], name: str = "small") -> Path:
@@ -62,23 +59,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train(recipe: Path, data: Path, out: Path, *extra: str) -> dict[str, Any]:
-    r = subprocess.run(
-        [
-            str(BIN),
-            "train",
-            "--recipe",
-            str(recipe),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+    r = cli(
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
         timeout=600,
-        stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads((out / "run.json").read_text())
@@ -116,25 +107,18 @@ def test_one_process_training_beats_the_prior_on_every_task(tmp_path: Path, data
     # Hazards: the daily-grid head learns the true hazard's ranking on the days it trained on
     # (C-index near the oracle's, far above a constant predictor's 0.5). Held-out hazard quality on
     # 300 creatives and 6 training days is a benchmark question (docs/BENCHMARKS.md), not a test.
-    r = subprocess.run(
-        [
-            str(BIN),
-            "evaluate",
-            "--run",
-            str(run),
-            "--data",
-            str(data),
-            "--start",
-            "2026-01-02",
-            "--end",
-            "2026-01-04",
-            "--out",
-            str(tmp_path / "train_days.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
+    r = cli(
+        "evaluate",
+        "--run",
+        str(run),
+        "--data",
+        str(data),
+        "--start",
+        "2026-01-02",
+        "--end",
+        "2026-01-04",
+        "--out",
+        str(tmp_path / "train_days.json"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     h = json.loads((tmp_path / "train_days.json").read_text())["tasks"]["hazard_short"]
@@ -171,13 +155,7 @@ def test_train_refuses_bad_input(tmp_path: Path, data: Path) -> None:
         (["--out", str(tmp_path / "r"), "--start", "2027-01-01"], "no 'dt=YYYY-MM-DD' partitions"),
     ]
     for extra, msg in cases:
-        r = subprocess.run(
-            [str(BIN), "train", "--recipe", str(recipe), "--data", str(data), *extra],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-        )
+        r = cli("train", "--recipe", str(recipe), "--data", str(data), *extra, timeout=120)
         assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
@@ -199,16 +177,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, data: Path) -> No
         "--no-progress",
     ]
     whole = tmp_path / "whole"
-    subprocess.run(
-        [str(BIN), "train", *common, "--out", str(whole)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    assert cli("train", *common, "--out", str(whole), timeout=600).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [str(BIN), "train", *common, "--out", str(killed)],
+        [str(BIN), "train", *common, "--out", str(killed)],  # Popen: this one gets killed
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -222,13 +194,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path, data: Path) -> No
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     step = json.loads(latest.read_text())["step"]
     assert 0 < step < 90
-    r = subprocess.run(
-        [str(BIN), "train", *common, "--out", str(killed), "--resume"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    r = cli("train", *common, "--out", str(killed), "--resume", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from step-{step:08d} at step {step}" in r.stderr
     a = json.loads((whole / "metrics.json").read_text())["tasks"]
@@ -243,25 +209,19 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_warm_starts(tmp_path: Path, 
     two = tmp_path / "two"
     train(recipe, data, two, "--nproc", "2", "--batch-size", "256", "--max-steps", "30", "--eval-days", "1")
     # resume the finished 30-step, 2-rank run on 1 rank up to step 60 of the same global batch
-    r = subprocess.run(
-        [
-            str(BIN),
-            "train",
-            "--recipe",
-            str(recipe),
-            "--data",
-            str(data),
-            "--out",
-            str(two),
-            "--resume",
-            "--max-steps",
-            "60",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
+    r = cli(
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "--out",
+        str(two),
+        "--resume",
+        "--max-steps",
+        "60",
+        "--no-progress",
         timeout=600,
-        stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "different world size or batch" in r.stderr
@@ -275,13 +235,7 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_warm_starts(tmp_path: Path, 
     # ... and from a registry (what the nightly job does): export, then warm-start 2 sharded ranks
     # from the model's current version, whose unsharded weights each rank slices into its shards
     reg = tmp_path / "registry"
-    r = subprocess.run(
-        [str(BIN), "export", "--run", str(two), "--registry", str(reg), "--name", "m", "--promote"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    r = cli("export", "--run", str(two), "--registry", str(reg), "--name", "m", "--promote", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     warm2 = train(
         recipe,
