@@ -65,6 +65,9 @@ from recsys_mtl.transform import FeatureTransform
 log = logging.getLogger("recsys_mtl.export")
 
 MODEL_FILE = "model.pt"
+# An fp32 export may carry an int8 build of the same weights beside it, so a serving config can
+# switch int8 on and off per A/B variant without a second registry version (DESIGN.md, A/B flags).
+INT8_COMPANION_FILE = "model.int8.pt"
 # fp32 TorchScript runs the same kernels as eager; anything above this is an export bug.
 FP32_TOLERANCE = 1e-5
 PARITY_BATCH_SIZES = (1, 7, 64)
@@ -251,6 +254,7 @@ def export_model(
     name: str,
     *,
     int8: bool = False,
+    int8_companion: bool = False,
     promote: bool = False,
     version: str | int | None = None,
     data: Mapping[str, Any] | None = None,
@@ -267,6 +271,9 @@ def export_model(
         registry: a `Registry` or its root directory.
         name: the registry model name.
         int8: quantize the embedding tables to int8 (TorchRec inference quantization).
+        int8_companion: with an fp32 export, also write an int8 build of the same weights
+            (`model.int8.pt`, its own sha256 and golden outputs under the manifest's
+            `companions.int8`); servers load it for variants whose `int8` flag is on.
         promote: switch current.json to the new version once it is published.
         version: an explicit version; default the next integer.
         data, metrics, source_run: provenance recorded in the manifest (see the module docstring).
@@ -336,6 +343,27 @@ def export_model(
         },
     }
     files = {MODEL_FILE: blob, WEIGHTS_FILE: weights_bytes(model), **(extra_files or {})}
+    if int8_companion and not int8:
+        q_blob = artifact_bytes(script_model(model, int8=True))
+        q_art = TorchScriptArtifact.from_bytes(q_blob)
+        q_diff, _ = _parity(model, q_art, transform)
+        with torch.inference_mode():
+            q_golden = q_art.forward(gb.sparse, gb.dense)
+        bad = [k for k, t in q_golden.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ExportError(f"the int8 build gives non-finite outputs {bad} on the golden rows")
+        files[INT8_COMPANION_FILE] = q_blob
+        manifest["companions"] = {
+            "int8": {
+                "format": TorchScriptArtifact.format,
+                "file": INT8_COMPANION_FILE,
+                "sha256": sha256_bytes(q_blob),
+                "bytes": len(q_blob),
+                "quantization": "embedding tables int8 row-wise (torchrec quantize_inference_model)",
+                "max_abs_diff_vs_fp32": q_diff,
+                "golden_outputs": {k: v.tolist() for k, v in q_golden.items()},
+            }
+        }
     v = reg.publish(name, files, manifest, version=version)
     if promote:
         reg.promote(name, v)
@@ -369,6 +397,7 @@ def export_run(
     name: str,
     *,
     int8: bool = False,
+    int8_companion: bool = False,
     promote: bool = False,
     version: str | int | None = None,
 ) -> ExportResult:
@@ -390,6 +419,7 @@ def export_run(
         registry,
         name,
         int8=int8,
+        int8_companion=int8_companion,
         promote=promote,
         version=version,
         data=run.info.get("data"),

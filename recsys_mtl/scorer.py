@@ -179,10 +179,20 @@ class LoadedModel:
     transform: FeatureTransform
     artifact: ModelArtifact
     tasks: list[TaskInfo] = field(default_factory=list)
+    # "primary" (model.pt) or a companion build of the same weights (e.g. "int8": model.int8.pt)
+    build: str = "primary"
 
     @property
     def int8(self) -> bool:
-        return bool(self.manifest.get("int8", False))
+        return self.build == "int8" or bool(self.manifest.get("int8", False))
+
+    @property
+    def golden_outputs(self) -> Mapping[str, Any] | None:
+        """The outputs the exporter recorded for the golden rows, for this build."""
+        if self.build == "primary":
+            golden = self.manifest.get("golden")
+            return golden.get("outputs") if isinstance(golden, dict) else None
+        return self.manifest.get("companions", {}).get(self.build, {}).get("golden_outputs")
 
     @property
     def input_columns(self) -> list[str]:
@@ -212,13 +222,17 @@ class LoadedModel:
             recsys_mtl.transform.TransformError: a missing column or a value of the wrong type
                 (its `field` names the column); ValueError: no rows, or an unknown task.
         """
-        wanted = self._wanted(tasks)
+        wanted = self.wanted(tasks)
         batch = self.transform(columns)
         if batch.batch_size == 0:
             raise ValueError("no rows to score")
-        out = self.predict(batch)
+        return self.postprocess(self.predict(batch), wanted)
+
+    @staticmethod
+    def postprocess(out: Mapping[str, torch.Tensor], tasks: Sequence[TaskInfo]) -> dict[str, np.ndarray]:
+        """Model outputs -> the scores of `tasks` (see the module docstring for the keys)."""
         result: dict[str, np.ndarray] = {}
-        for t in wanted:
+        for t in tasks:
             y = out[t.name].float()
             if t.kind == "hazard":
                 surv = torch.cumprod(1.0 - y, dim=1)
@@ -229,7 +243,8 @@ class LoadedModel:
                 result[t.name] = y.numpy()
         return result
 
-    def _wanted(self, tasks: Sequence[str] | None) -> list[TaskInfo]:
+    def wanted(self, tasks: Sequence[str] | None) -> list[TaskInfo]:
+        """The TaskInfo of each named task (all tasks for None); ValueError for an unknown name."""
         if tasks is None:
             return list(self.tasks)
         by_name = {t.name: t for t in self.tasks}
@@ -242,13 +257,14 @@ class LoadedModel:
         """Score the manifest's golden rows: every output present, finite, and equal (within `atol`)
         to what the exporter recorded. Raises ModelLoadError otherwise. Run before serving."""
         golden = self.manifest.get("golden")
-        if not isinstance(golden, dict) or "columns" not in golden or "outputs" not in golden:
+        outputs = self.golden_outputs
+        if not isinstance(golden, dict) or "columns" not in golden or not isinstance(outputs, dict):
             raise ModelLoadError(f"{self.path}: the manifest has no golden request to validate with")
         try:
             got = self.predict(self.transform(golden["columns"]))
         except Exception as e:  # any failure here means the model must not be served
             raise ModelLoadError(f"{self.path}: scoring the golden request failed: {e}") from e
-        for key, want in golden["outputs"].items():
+        for key, want in outputs.items():
             if key not in got:
                 raise ModelLoadError(f"{self.path}: output {key!r} missing from the model's outputs")
             g = got[key].to(torch.float64)
@@ -279,9 +295,9 @@ def _tasks_from_manifest(manifest: Mapping[str, Any]) -> list[TaskInfo]:
     ]
 
 
-def load_artifact(version_dir: Path, manifest: Mapping[str, Any]) -> ModelArtifact:
-    """Read the artifact file, verify its sha256 against the manifest, then load those same bytes."""
-    art = manifest.get("artifact")
+def load_artifact(version_dir: Path, art: Any) -> ModelArtifact:
+    """Read an artifact file described by a manifest entry (`artifact`, or a companion), verify its
+    sha256, then load those same bytes."""
     if not isinstance(art, dict) or not {"format", "file", "sha256"} <= art.keys():
         raise ModelLoadError(f"{version_dir}: the manifest has no artifact entry (format, file, sha256)")
     loader = ARTIFACT_LOADERS.get(art["format"])
@@ -315,7 +331,9 @@ def _check_versions(manifest: Mapping[str, Any], where: Path) -> None:
         )
 
 
-def load_model(registry: Registry | str | Path, name: str, version: str | int = "current") -> LoadedModel:
+def load_model(
+    registry: Registry | str | Path, name: str, version: str | int = "current", *, int8: bool = False
+) -> LoadedModel:
     """Load a registry model: resolve the version, read the manifest, verify the artifact's sha256
     BEFORE loading it, load it, and rebuild the feature transform from the manifest's spec.
 
@@ -323,6 +341,8 @@ def load_model(registry: Registry | str | Path, name: str, version: str | int = 
         registry: a `Registry` or its root directory.
         name: the model name.
         version: "current" (current.json), "latest", or a version ("3" or 3).
+        int8: load the int8 build: the version itself if it was exported with --int8, else its
+            int8 companion (export --also-int8); a version with neither is refused.
 
     Raises:
         RegistryError: no such model/version, or an unreadable manifest.
@@ -338,7 +358,17 @@ def load_model(registry: Registry | str | Path, name: str, version: str | int = 
             f"(kind={manifest.get('kind')!r}, manifest_version={manifest.get('manifest_version')!r})"
         )
     _check_versions(manifest, d)
-    artifact = load_artifact(d, manifest)
+    build = "primary"
+    art = manifest.get("artifact")
+    if int8 and not manifest.get("int8", False):
+        art = manifest.get("companions", {}).get("int8")
+        if art is None:
+            raise ModelLoadError(
+                f"{d}: no int8 build in this version (export it with --int8, or with --also-int8 to "
+                "carry one beside the fp32 model)"
+            )
+        build = "int8"
+    artifact = load_artifact(d, art)
     try:
         transform = FeatureTransform.from_spec(manifest["transform"])
     except (KeyError, ValueError) as e:
@@ -351,6 +381,7 @@ def load_model(registry: Registry | str | Path, name: str, version: str | int = 
         transform=transform,
         artifact=artifact,
         tasks=_tasks_from_manifest(manifest),
+        build=build,
     )
 
 

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model from a recipe on Parquet days, sharded with TorchRec"),
     "evaluate": ("evaluate", "evaluate a trained run on Parquet days: AUC, GAUC, calibration, C-index"),
     "export": ("export", "export a trained run to the model registry as TorchScript (fp32 or int8)"),
+    "serve": ("serve", "serve registry models over HTTP: POST /score, A/B variants, hot reload"),
     "demo": ("demo", "run the main job end to end on generated data (what `make demo` runs)"),
 }
 
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("recsys_mtl").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for ours in ("recsys_mtl", "serving", "pipelines"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         quiet_third_party()
     return int(args._module.run(args) or 0)

@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", required=True, help="model name in the registry, e.g. ads_ranker")
     p.add_argument("--int8", action="store_true", help="int8 embedding tables (dense layers stay fp32)")
+    p.add_argument(
+        "--also-int8",
+        action="store_true",
+        help="with an fp32 export, also write an int8 build of the same weights (model.int8.pt), "
+        "which serving variants switch on with their `int8` flag",
+    )
     p.add_argument("--promote", action="store_true", help="make the new version current (current.json)")
     p.add_argument("--version", help="explicit version name (must be new); default: the next integer")
 
@@ -50,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         res = export_run(
-            args.run, args.registry, args.name, int8=args.int8, promote=args.promote, version=args.version
+            args.run,
+            args.registry,
+            args.name,
+            int8=args.int8,
+            int8_companion=args.also_int8,
+            promote=args.promote,
+            version=args.version,
         )
     except ExportError as e:
         return fail(e, code=1)

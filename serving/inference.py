@@ -1,0 +1,205 @@
+"""The inference thread: micro-batching of concurrent requests into one forward.
+
+The event loop only decodes requests and awaits a future; everything heavy (feature transform,
+forward, survival curves) runs here, on one dedicated thread whose torch thread count is set from
+the config. While a forward runs, new requests queue up; the next round takes every queued request
+for the same model, up to `max_batch_candidates`, transforms each (user features once per request,
+see `FeatureTransform.__call__(shared=...)`), concatenates them, runs ONE forward and splits the
+outputs back by row offsets. There is no timer: an idle server runs a lone request immediately, so
+batching adds no latency when there is nothing to batch with.
+
+Each request keeps the `LoadedModel` object it was routed to, so a hot swap never changes the model
+under a request that is already queued or running. A request whose features fail the transform
+gets its own error; the others in the round are unaffected.
+
+Shadow jobs (a variant's shadow model) run only when no primary request is waiting, from a bounded
+queue: when it is full, new shadow jobs are dropped and counted, so shadow scoring can never slow
+down or block what users get.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from recsys_mtl.scorer import LoadedModel, TaskInfo
+from recsys_mtl.transform import FeatureBatch, TransformError
+from serving.request import RequestError, ScoreRequest
+
+log = logging.getLogger("serving.inference")
+
+Scores = dict[str, np.ndarray]
+
+
+@dataclass
+class Job:
+    """One request for one model; `future` gets its scores (arrays in candidate order)."""
+
+    model: LoadedModel
+    request: ScoreRequest
+    tasks: list[TaskInfo]
+    future: cf.Future[Scores] = field(default_factory=cf.Future)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self) -> int:
+        return self.request.num_candidates
+
+
+def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
+    """The request's features as model inputs; a transform error becomes a RequestError naming
+    where the offending column was sent."""
+    try:
+        return model.transform(req.candidates, shared=req.features)
+    except TransformError as e:
+        where = "features" if e.field in req.features else "candidates"
+        raise RequestError(f"{where}.{e.field}", e.message) from None
+
+
+def score_jobs(jobs: list[Job]) -> tuple[int, int]:
+    """Score jobs that share one model in a single forward; resolve each job's future.
+
+    Returns (requests, candidates) that went through the forward.
+    """
+    model = jobs[0].model
+    ok: list[Job] = []
+    batches: list[FeatureBatch] = []
+    for j in jobs:
+        try:
+            batches.append(transform_request(model, j.request))
+            ok.append(j)
+        except Exception as e:  # this request only
+            j.future.set_exception(e)
+    if not ok:
+        return 0, 0
+    n = sum(b.batch_size for b in batches)
+    try:
+        batch = FeatureBatch.concat(batches)
+        tasks = {t.name: t for j in ok for t in j.tasks}
+        scores = model.postprocess(model.predict(batch), list(tasks.values()))
+        start = 0
+        for j, b in zip(ok, batches, strict=True):
+            stop = start + b.batch_size
+            keys = [k for t in j.tasks for k in _keys(t)]
+            j.future.set_result({k: scores[k][start:stop] for k in keys})
+            start = stop
+    except Exception as e:  # an internal failure: every request of the round gets it (-> 5xx)
+        log.exception("forward failed for %s v%s", model.name, model.version)
+        for j in ok:
+            if not j.future.done():
+                j.future.set_exception(e)
+    return len(ok), n
+
+
+def _keys(t: TaskInfo) -> list[str]:
+    return [t.name, f"{t.name}_survival", f"{t.name}_risk"] if t.kind == "hazard" else [t.name]
+
+
+BatchObserver = Callable[[int, int, float], None]  # (requests, candidates, seconds)
+
+
+class InferenceWorker:
+    """One thread that runs every forward; `submit` is safe to call from any thread."""
+
+    def __init__(
+        self,
+        max_batch_candidates: int,
+        torch_threads: int,
+        shadow_queue: int = 64,
+        on_batch: BatchObserver | None = None,
+        on_shadow_drop: Callable[[], None] | None = None,
+    ) -> None:
+        self.max_batch_candidates = max_batch_candidates
+        self.torch_threads = torch_threads
+        self._on_batch = on_batch
+        self._on_shadow_drop = on_shadow_drop
+        self._queue: collections.deque[Job] = collections.deque()
+        self._shadow: collections.deque[tuple[Job, Callable[[Job], None]]] = collections.deque()
+        self._shadow_max = shadow_queue
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued primary requests, then stop."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job: Job) -> cf.Future[Scores]:
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the inference worker is stopping")
+            self._queue.append(job)
+            self._cv.notify()
+        return job.future
+
+    def submit_shadow(self, job: Job, done: Callable[[Job], None]) -> bool:
+        """Queue a shadow job; False (and counted) when the shadow queue is full."""
+        with self._cv:
+            if len(self._shadow) >= self._shadow_max or self._stopping:
+                if self._on_shadow_drop is not None:
+                    self._on_shadow_drop()
+                return False
+            self._shadow.append((job, done))
+            self._cv.notify()
+        return True
+
+    def _take(self) -> tuple[list[Job], tuple[Job, Callable[[Job], None]] | None] | None:
+        """The next round: queued jobs for one model up to the candidate cap, else one shadow job."""
+        with self._cv:
+            while not self._queue and not self._shadow:
+                if self._stopping:
+                    return None
+                self._cv.wait()
+            if not self._queue:
+                return [], self._shadow.popleft()
+            first = self._queue.popleft()
+            jobs, total = [first], first.size
+            # Same-model jobs in arrival order; others keep their place for the next round.
+            rest: collections.deque[Job] = collections.deque()
+            while self._queue:
+                j = self._queue.popleft()
+                if j.model is first.model and total + j.size <= self.max_batch_candidates:
+                    jobs.append(j)
+                    total += j.size
+                else:
+                    rest.append(j)
+            self._queue.extendleft(reversed(rest))
+            return jobs, None
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.torch_threads)
+        while True:
+            round_ = self._take()
+            if round_ is None:
+                return
+            jobs, shadow = round_
+            t0 = time.perf_counter()
+            if shadow is not None:
+                job, done = shadow
+                score_jobs([job])
+                try:
+                    done(job)
+                except Exception:  # a metering callback must never stop the worker
+                    log.exception("shadow callback failed")
+                continue
+            n_req, n_cand = score_jobs(jobs)
+            if self._on_batch is not None and n_req:
+                self._on_batch(n_req, n_cand, time.perf_counter() - t0)

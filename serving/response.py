@@ -1,0 +1,78 @@
+"""The score response: per task one score per candidate, in the candidates' order (DESIGN.md).
+
+```json
+{"model": "ads_ranker", "version": "3", "build": "primary", "experiment": "int8_embeddings",
+ "variant": "control", "num_candidates": 2,
+ "scores": {"ctr": [0.031, 0.012], "cvr": [...], "ctcvr": [...]},
+ "survival": {"hazard_short": {"unit": "days", "grid": [0, 1, ..., 14],
+                               "risk": [0.41, 0.22],          # P(event within the grid's horizon)
+                               "hazard": [[...14 values...], [...]],    # per interval
+                               "survival": [[...], [...]]}}}            # S(end of interval k)
+```
+
+`hazard` and `survival` are left out when the variant's `survival_curves` flag is off. Arrays are
+serialised straight from numpy by orjson (no per-candidate Python objects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from recsys_mtl.scorer import LoadedModel, TaskInfo
+
+
+@dataclass
+class ScoreResult:
+    model: LoadedModel
+    experiment: str
+    variant: str
+    tasks: list[TaskInfo]
+    scores: dict[str, np.ndarray]
+    num_candidates: int
+    survival_curves: bool = True
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Model-Name": self.model.name,
+            "X-Model-Version": self.model.version,
+            "X-Model-Build": self.model.build,
+            "X-Experiment": self.experiment,
+            "X-Variant": self.variant,
+        }
+
+
+def render(result: ScoreResult) -> bytes:
+    # orjson serialises only C-contiguous arrays; row slices of a batch's outputs already are.
+    def arr(key: str) -> np.ndarray:
+        return np.ascontiguousarray(result.scores[key])
+
+    scores: dict[str, np.ndarray] = {}
+    survival: dict[str, dict[str, object]] = {}
+    for t in result.tasks:
+        if t.kind == "hazard":
+            entry: dict[str, object] = {
+                "unit": t.unit,
+                "grid": t.grid,
+                "risk": arr(f"{t.name}_risk"),
+            }
+            if result.survival_curves:
+                entry["hazard"] = arr(t.name)
+                entry["survival"] = arr(f"{t.name}_survival")
+            survival[t.name] = entry
+        else:
+            scores[t.name] = arr(t.name)
+    m = result.model
+    body = {
+        "model": m.name,
+        "version": m.version,
+        "build": m.build,
+        "experiment": result.experiment,
+        "variant": result.variant,
+        "num_candidates": result.num_candidates,
+        "scores": scores,
+        "survival": survival,
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,81 @@
+"""Pydantic models of the HTTP boundary, for the OpenAPI page (`/docs`).
+
+`POST /score` decodes its body itself (orjson or Arrow, serving/request.py) for speed, so these
+models document the contract and feed the examples; the decoder enforces the same rules and names
+the field in every error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ScoreRequestModel(BaseModel):
+    user_id: str | int = Field(description="The A/B unit; also fills the model's user-id feature.")
+    features: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request-level features (user, context): one value each (a list for sequences).",
+    )
+    candidates: dict[str, list[Any]] | list[dict[str, Any]] = Field(
+        description="Per-candidate features: columnar {feature: [one value per candidate]} "
+        "(recommended) or a list of objects. 1 to the server's max_candidates (default 2000)."
+    )
+    tasks: list[str] | None = Field(default=None, description="Tasks wanted; default all.")
+    variant: str | None = Field(default=None, description="Force an A/B variant (needs the admin token).")
+    request_id: str | None = Field(default=None, description="Echoed in shadow-scoring logs.")
+
+
+class HazardScores(BaseModel):
+    unit: str | None
+    grid: list[float]
+    risk: list[float] = Field(description="P(event within the grid's horizon) per candidate")
+    hazard: list[list[float]] | None = Field(default=None, description="hazard per interval per candidate")
+    survival: list[list[float]] | None = Field(default=None, description="S(end of interval k) per candidate")
+
+
+class ScoreResponseModel(BaseModel):
+    model: str
+    version: str
+    build: str = Field(description='"primary" (model.pt) or "int8" (the int8 build)')
+    experiment: str
+    variant: str
+    num_candidates: int
+    scores: dict[str, list[float]] = Field(description="binary task -> probability per candidate")
+    survival: dict[str, HazardScores] = Field(description="hazard task -> curves per candidate")
+
+
+class ErrorDetail(BaseModel):
+    field: str | None
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+SCORE_EXAMPLE: dict[str, Any] = {
+    "user_id": "u42",
+    "features": {
+        "user_age_bucket": 3,
+        "user_gender": 1,
+        "user_city": 17,
+        "user_activity": 2.5,
+        "clicked_items": [1201, 88, 4501],
+        "converted_items": [88],
+        "position": 1,
+        "hour": 20,
+        "device": "ios",
+    },
+    "candidates": {
+        "creative_id": [1201, 3307],
+        "advertiser_id": [14, 9],
+        "campaign_id": [220, 98],
+        "category_id": [7, 31],
+        "format": ["video", "image"],
+        "creative_age_days": [3.0, 12.0],
+        "bid_price": [1.2, 0.8],
+    },
+    "tasks": ["ctr", "cvr", "ctcvr", "hazard_short"],
+}

@@ -1,0 +1,159 @@
+"""Helpers for the serving tests: small real models published into a real registry, a real
+`recsys-mtl serve` process on a free loopback port, and request builders."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import torch
+import yaml
+
+from recsys_mtl.distributed import free_port
+from recsys_mtl.export import ExportResult, export_model
+from recsys_mtl.models import build_model, total_loss
+from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.registry import Registry
+from recsys_mtl.targets import targets_from_table
+from recsys_mtl.transform import FeatureTransform
+from tests.conftest import BIN, make_raw_table
+
+NAME = "ads_ranker"
+
+
+def small_recipe(recipe: Recipe) -> Recipe:
+    """The shipped recipe with small tables and layers: exports in about a second."""
+    d = recipe.to_dict()
+    for f in d["features"]:
+        if f.get("hash_size"):
+            f["hash_size"] = min(f["hash_size"], 211)
+    d["model"] = {"type": "mmoe", "num_experts": 3, "expert_hidden": [16], "tower_hidden": [8]}
+    return recipe_from_dict(d)
+
+
+def publish(
+    registry: Path, recipe: Recipe, seed: int, *, promote: bool = True, int8_companion: bool = False
+) -> ExportResult:
+    """Train a small model for a few steps on random rows (non-trivial weights) and publish it."""
+    torch.manual_seed(seed)
+    net = build_model(recipe)
+    transform = FeatureTransform.from_recipe(recipe)
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for step in range(3):
+        table = make_raw_table(recipe, 256, seed=seed * 100 + step)
+        b = transform(table)
+        loss, _ = total_loss(recipe, net(b.sparse, b.dense), targets_from_table(recipe, table))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return export_model(
+        net, recipe, transform, Registry(registry), NAME, promote=promote, int8_companion=int8_companion
+    )
+
+
+def write_config(path: Path, **overrides: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "runtime": {"torch_threads": 1, "reload_interval_s": 0.3, "warm_up_batch_sizes": [1, 64]},
+        "experiments": [
+            {
+                "name": "exp",
+                "salt": "test-salt",
+                "variants": [
+                    {"name": "control", "weight": 1, "model": NAME},
+                    {"name": "treatment", "weight": 1, "model": NAME},
+                ],
+            }
+        ],
+    }
+    cfg.update(overrides)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def request_from_table(table: pa.Table, user_id: str, columns: list[str]) -> dict[str, Any]:
+    """A columnar JSON request whose candidates are the table's rows (every feature per candidate).
+    NaN and inf become null: JSON has no NaN, and the transform treats all three as missing."""
+
+    def values(c: str) -> list[Any]:
+        return [
+            None if isinstance(v, float) and not math.isfinite(v) else v for v in table.column(c).to_pylist()
+        ]
+
+    return {"user_id": user_id, "candidates": {c: values(c) for c in columns}}
+
+
+class Server:
+    """A real `recsys-mtl serve` process on a free loopback port."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, log_path: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log_path = log_path
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def wait_for(self, pred: Any, timeout: float = 60, what: str = "condition") -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = pred()
+            if got:
+                return got
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def serve(registry: Path, config: Path, log_path: Path, token: str = "test-token") -> Iterator[Server]:
+    port = free_port()
+    env = {**os.environ, "RECSYS_MTL_ADMIN_TOKEN": token}
+    with open(log_path, "a") as logf:
+        proc = subprocess.Popen(
+            [str(BIN), "serve", "--registry", str(registry), "--config", str(config), "--port", str(port)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
