@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import yaml
 
@@ -63,7 +64,12 @@ def publish(
 
 def write_config(path: Path, **overrides: Any) -> Path:
     cfg: dict[str, Any] = {
-        "runtime": {"torch_threads": 1, "reload_interval_s": 0.3, "warm_up_batch_sizes": [1, 64]},
+        "runtime": {
+            "torch_threads": 1,
+            "reload_interval_s": 0.3,
+            "warm_up_batch_sizes": [1, 64],
+            "max_body_bytes": 4 * 1024 * 1024,
+        },
         "experiments": [
             {
                 "name": "exp",
@@ -78,6 +84,16 @@ def write_config(path: Path, **overrides: Any) -> Path:
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def nulls_for_nonfinite(table: pa.Table) -> pa.Table:
+    """NaN and inf in float columns -> null: the server refuses NaN (422) and the transform treats
+    null, NaN and inf alike as missing, so offline scores of the original rows stay comparable."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type):
+            col = table.column(i)
+            table = table.set_column(i, f.name, pc.if_else(pc.is_finite(col), col, None))
+    return table
 
 
 def request_from_table(table: pa.Table, user_id: str, columns: list[str]) -> dict[str, Any]:
