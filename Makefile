@@ -3,14 +3,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
+PORT ?= 8000
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo serve test lint bench clean
 
 setup:
 	@bash scripts/setup_venv.sh
 
 demo: setup
 	$(PY) -m recsys_mtl.cli demo --out $(DEMO_OUT)
+
+# Keeps a scoring server running on the registry `make demo` exported (Ctrl-C stops it).
+serve: setup
+	$(PY) -m recsys_mtl.cli serve --registry $(DEMO_OUT)/registry --config configs/serving.yaml --port $(PORT)
 
 test: setup
 	$(PY) -m pytest -q

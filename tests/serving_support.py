@@ -4,29 +4,24 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import yaml
 
-from recsys_mtl.distributed import free_port
 from recsys_mtl.export import ExportResult, export_model
 from recsys_mtl.models import build_model, total_loss
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.registry import Registry
 from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform
-from tests.conftest import BIN, make_raw_table
+from serving.process import ServerProcess, running_server
+from tests.conftest import make_raw_table
 
 NAME = "ads_ranker"
 
@@ -108,68 +103,11 @@ def request_from_table(table: pa.Table, user_id: str, columns: list[str]) -> dic
     return {"user_id": user_id, "candidates": {c: values(c) for c in columns}}
 
 
-class Server:
-    """A real `recsys-mtl serve` process on a free loopback port."""
-
-    def __init__(self, proc: subprocess.Popen[str], url: str, log_path: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.log_path = log_path
-        self.client = httpx.Client(base_url=url, timeout=60)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
-
-    def wait_for(self, pred: Any, timeout: float = 60, what: str = "condition") -> Any:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            got = pred()
-            if got:
-                return got
-            time.sleep(0.2)
-        raise TimeoutError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
-
-    def stop(self) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+Server = ServerProcess
 
 
 @contextmanager
-def serve(registry: Path, config: Path, log_path: Path, token: str = "test-token") -> Iterator[Server]:
-    port = free_port()
-    env = {**os.environ, "RECSYS_MTL_ADMIN_TOKEN": token}
-    with open(log_path, "a") as logf:
-        proc = subprocess.Popen(
-            [str(BIN), "serve", "--registry", str(registry), "--config", str(config), "--port", str(port)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        server.wait_ready()
+def serve(registry: Path, config: Path, log_path: Path, token: str = "test-token") -> Iterator[ServerProcess]:
+    """A real `recsys-mtl serve` process on a free loopback port, ready, stopped on exit."""
+    with running_server(registry, config, log_path, env={"RECSYS_MTL_ADMIN_TOKEN": token}) as server:
         yield server
-    finally:
-        server.stop()

@@ -47,3 +47,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     oracle_auc = float(auc_lines[0].split("AUC")[1])
     assert 0.6 < oracle_auc < 0.95  # the oracle ranks clicks far better than chance
     assert (tmp_path / "demo" / "data").is_dir()
+    # step 6: a real server answered a sample request for every task, then stopped
+    assert "POST /score, 8 candidates" in out and "server stopped" in out
+    header = next(line for line in out.splitlines() if line.strip().startswith("creative "))
+    for col in ("ctr", "cvr", "ctcvr", "hazard_short_risk", "hazard_long_risk"):
+        assert col in header
+    diff = float(out.split("max |server - offline scorer| over these scores: ")[1].split()[0])
+    assert diff < 1e-5

@@ -11,6 +11,7 @@ log = logging.getLogger("recsys_mtl")
 
 # The shipped recipe: configs/ads_ranker.yaml in a source checkout.
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "ads_ranker.yaml"
+DEFAULT_SERVING_CONFIG = DEFAULT_RECIPE.with_name("serving.yaml")
 
 # Exit codes: 0 ok, 2 bad input (recipe, data, arguments). Later stages add their own.
 EXIT_BAD_INPUT = 2
