@@ -299,11 +299,14 @@ def check_against_model(req: ScoreRequest, model: LoadedModel) -> None:
         raise RequestError(f"features.{both[0]}", "given both per request and per candidate; send it once")
     user_col = model.manifest.get("recipe", {}).get("data", {}).get("user_column", "user_id")
     if user_col in known and user_col not in req.features and user_col not in req.candidates:
-        req.features[user_col] = pa.array([req.user_id])
+        req.features[user_col] = _user_feature(req.user_id, model, user_col)
     missing = [c for c in needed if c not in req.features and c not in req.candidates]
     if missing:
+        # name the place a client would normally send it: user/context once, item per candidate
+        per_request = {f.source for f in model.transform.features if f.group in ("user", "context")}
+        where = "features" if missing[0] in per_request else "candidates"
         raise RequestError(
-            f"candidates.{missing[0]}",
+            f"{where}.{missing[0]}",
             f"missing required feature (send it per candidate in `candidates` or once in `features`); "
             f"all missing: {', '.join(missing)}",
         )
@@ -324,3 +327,17 @@ def check_against_model(req: ScoreRequest, model: LoadedModel) -> None:
                         f"{where}.{f.source}",
                         f"NaN or infinite value at index {i}; send null for a missing value",
                     )
+
+
+def _user_feature(user_id: str, model: LoadedModel, column: str) -> pa.Array:
+    """`user_id` as the model's user-id feature column, in the type that feature takes."""
+    spec = next(f for f in model.transform.features if f.source == column)
+    if spec.value_type == "string":
+        return pa.array([user_id])
+    try:
+        return pa.array([int(user_id)])
+    except ValueError:
+        raise RequestError(
+            "user_id",
+            f"model {model.name} takes integer user ids (its feature {column!r}); got {user_id!r}",
+        ) from None
