@@ -261,6 +261,7 @@ def export_model(
     metrics: Mapping[str, Any] | None = None,
     source_run: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Script `model` (optionally with int8 tables), check it against the eager model, and publish
     it as a new registry version with its manifest; promote it to current if asked.
@@ -278,6 +279,7 @@ def export_model(
         version: an explicit version; default the next integer.
         data, metrics, source_run: provenance recorded in the manifest (see the module docstring).
         extra_files: more files for the version directory (e.g. a nightly report).
+        extra_manifest: more top-level manifest entries (e.g. "nightly": date, gate decision).
 
     Raises:
         ExportError: the artifact does not reproduce the model (fp32) or gives non-finite outputs.
@@ -342,6 +344,7 @@ def export_model(
             "outputs": {k: v.tolist() for k, v in golden_out.items()},
         },
     }
+    manifest.update(extra_manifest or {})
     files = {MODEL_FILE: blob, WEIGHTS_FILE: weights_bytes(model), **(extra_files or {})}
     if int8_companion and not int8:
         q_blob = artifact_bytes(script_model(model, int8=True))
@@ -400,6 +403,8 @@ def export_run(
     int8_companion: bool = False,
     promote: bool = False,
     version: str | int | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export a finished training run: its consolidated model, recipe, transform, data range and
     held-out metrics (see `export_model`)."""
@@ -425,4 +430,6 @@ def export_run(
         data=run.info.get("data"),
         metrics=metrics,
         source_run=source,
+        extra_files=extra_files,
+        extra_manifest=extra_manifest,
     )

@@ -33,6 +33,8 @@ def grouped_auc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> tupl
     """Per group: AUC (NaN where the group has one class) and the group's row count."""
     score = np.asarray(score, dtype=np.float64)
     label = np.asarray(label) > 0
+    if len(score) == 0:  # e.g. CVR on a day without clicks: no groups, every metric NaN
+        return np.zeros(0), np.zeros(0)
     _, gid = np.unique(np.asarray(group), return_inverse=True)
     ranks, order = _tie_averaged_ranks(score, gid)
     g, y = gid[order], label[order]

@@ -301,6 +301,13 @@ class TrainingSpec(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(default=1000, ge=1, description="Steps between checkpoints.")
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    early_stopping_patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Validate on the held-out days after every epoch (mean AUC of binary tasks and "
+        "C-index of hazard tasks), stop once it has not improved for this many epochs, and end "
+        "with the best epoch's weights; `epochs` is then the maximum. None: no early stopping.",
+    )
 
 
 class DataSpec(_Strict):
@@ -313,6 +320,67 @@ class DataSpec(_Strict):
     partition: str = Field(default="dt", description="Hive partition key of the day directories.")
 
 
+class ValidationSpec(_Strict):
+    """Checks the nightly job runs on a new day's partition before it trains on it.
+
+    Label rates and null rates are checked against fixed bounds where given; otherwise against the
+    recent days (`learn_from_days`): a rate must stay within `learned_tolerance` (relative) of the
+    recent mean, or within `learned_min_abs` of it for rates near zero.
+    """
+
+    min_rows: int = Field(default=1000, ge=1, description="Fewer rows than this fails validation.")
+    max_rows: int | None = Field(default=None, ge=1)
+    label_rates: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Label column -> [min, max] share of 1s (overrides learning)."
+    )
+    max_null_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Largest share of nulls in a scalar (id, dense) feature column; list features "
+        "(a null list is a user without history) are bounded only through `null_rates`.",
+    )
+    null_rates: dict[str, float] = Field(
+        default_factory=dict, description="Column -> largest share of nulls (overrides max_null_rate)."
+    )
+    learn_from_days: int = Field(default=7, ge=0, description="Recent days label rates are compared with.")
+    learned_tolerance: float = Field(
+        default=0.5, gt=0, description="Allowed relative change of a label rate."
+    )
+    learned_min_abs: float = Field(default=0.002, ge=0)
+
+
+class GateSpec(_Strict):
+    """The nightly quality gate: per task AUC (binary) or C-index (hazard) on the held-out day.
+
+    A new model may be worse than the serving one by at most its tolerance; the first model ever
+    (nothing serving yet) must reach the absolute floor instead.
+    """
+
+    tolerance: float = Field(default=0.005, ge=0, description="Default allowed drop of AUC / C-index.")
+    tolerances: dict[str, float] = Field(default_factory=dict, description="Task -> allowed drop.")
+    floor: float = Field(default=0.55, ge=0, le=1, description="Default floor for the first model.")
+    floors: dict[str, float] = Field(default_factory=dict, description="Task -> floor for the first model.")
+    tasks: list[str] | None = Field(
+        default=None, description="Tasks gated (default: every task with a loss or an eval label)."
+    )
+
+    def tolerance_for(self, task: str) -> float:
+        return self.tolerances.get(task, self.tolerance)
+
+    def floor_for(self, task: str) -> float:
+        return self.floors.get(task, self.floor)
+
+
+class NightlySpec(_Strict):
+    """What `recsys-mtl nightly --date D` does with this recipe (DESIGN.md, nightly job)."""
+
+    window_days: int = Field(default=7, ge=1, description="Train on the days [D - window, D - 1].")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints (resume).")
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     features: list[FeatureSpec] = Field(min_length=1)
@@ -320,6 +388,7 @@ class Recipe(_Strict):
     model: ModelSpec = Field(default_factory=MMoEOptions)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     data: DataSpec = Field(default_factory=DataSpec)
+    nightly: NightlySpec = Field(default_factory=NightlySpec)
 
     @field_validator("features")
     @classmethod

@@ -1,0 +1,55 @@
+"""Score the new run and the serving model on the same held-out day, with the same code.
+
+The new model is the run's consolidated eager model; the serving model is the registry's exported
+artifact (what users are scored with), fed by its own manifest's feature transform. Both go through
+`recsys_mtl.evaluation.predict` + `compute_metrics` on every row of the day, so the gate compares
+like with like. Expert diagnostics come from the new (eager) model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
+from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.registry import Registry
+from recsys_mtl.run import load_run
+from recsys_mtl.scorer import load_model
+
+
+@dataclass
+class EvaluatedPair:
+    new_preds: Predictions
+    new_metrics: dict[str, Any]
+    experts: dict[str, Any]
+    serving_preds: Predictions | None
+    serving_metrics: dict[str, Any] | None
+
+
+def evaluate_pair(
+    recipe: Recipe,
+    run_dir: Path,
+    registry: Registry,
+    name: str,
+    serving_version: str | None,
+    data_dir: Path,
+    day: dt.date,
+    diagnostics_batches: int = 20,
+) -> EvaluatedPair:
+    run = load_run(run_dir)
+    reader = evaluation_reader(run.recipe, data_dir, transform=run.transform, start=day, end=day)
+    new_preds = predict(run.model, reader)
+    experts = expert_usage(run.model, reader, diagnostics_batches)
+    new_metrics = compute_metrics(run.recipe, new_preds, experts)
+    if serving_version is None:
+        return EvaluatedPair(new_preds, new_metrics, experts, None, None)
+    serving = load_model(registry, name, serving_version)
+    serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/manifest.json")
+    module = serving.artifact.module  # type: ignore[attr-defined]
+    s_reader = evaluation_reader(serving_recipe, data_dir, transform=serving.transform, start=day, end=day)
+    serving_preds = predict(module, s_reader)
+    serving_metrics = compute_metrics(serving_recipe, serving_preds)
+    return EvaluatedPair(new_preds, new_metrics, experts, serving_preds, serving_metrics)
