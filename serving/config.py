@@ -32,10 +32,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys_mtl.registry import RegistryError, check_name
+from recsys_mtl.yaml_config import field_errors, read_yaml
 
 
 class ConfigError(ValueError):
@@ -183,14 +183,6 @@ class ServingConfig(_Strict):
         return list(refs.values())
 
 
-def _format_errors(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def parse_config(data: Any, source: str = "<config>") -> ServingConfig:
     if data is None:
         data = {}
@@ -199,18 +191,9 @@ def parse_config(data: Any, source: str = "<config>") -> ServingConfig:
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_format_errors(e)}") from None
+        raise ConfigError(f"{source}: {'; '.join(field_errors(e))}") from None
 
 
 def load_config(path: str | Path) -> ServingConfig:
     """Read and validate a serving config file (ConfigError names the file and the field)."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read the serving config ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_yaml(path, "serving config", ConfigError), str(path))

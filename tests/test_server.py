@@ -309,12 +309,6 @@ def test_config_reload_rejects_a_bad_edit_and_applies_a_good_one(env: Env) -> No
     assert _score(env, env.body(2, 1)).status_code == 200
     # int8 for the treatment, plus a shadow model on the control
     cfg = {
-        "runtime": {
-            "torch_threads": 1,
-            "reload_interval_s": 0.3,
-            "warm_up_batch_sizes": [1, 64],
-            "max_body_bytes": 4 * 1024 * 1024,
-        },
         "experiments": [
             {
                 "name": "exp",
