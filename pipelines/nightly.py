@@ -259,8 +259,13 @@ def _already_done(cfg: NightlyConfig, reg: Registry) -> Outcome | None:
         return None
     version = published_version_for(reg, cfg.name, cfg.day) if cfg.name in reg.names() else None
     if version is not None:
-        if reg.current(cfg.name) != version and _newest_nightly(reg, cfg.name) == version:
-            # published, then a crash before promote: finish the job
+        crashed_before_promote = (
+            _read_state(cfg).get("status") != "published"
+            and reg.current(cfg.name) != version
+            and _newest_nightly(reg, cfg.name) == version
+        )
+        # (a version that was promoted and later rolled back is left alone: state says published)
+        if crashed_before_promote:
             reg.promote(cfg.name, version)
             _write_state(cfg, "published", version=version)
             return Outcome(

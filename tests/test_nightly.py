@@ -248,12 +248,22 @@ def test_a_killed_run_resumes_from_its_checkpoint(env: Env) -> None:
     env.server.wait_for(lambda: env.served_version() == "3", timeout=60, what="the server to serve v3")
 
 
+def test_a_rerun_does_not_undo_a_rollback(env: Env) -> None:
+    reg = Registry(env.registry)
+    reg.promote(NAME, "2")  # an operator rolls back from v3
+    r = env.nightly(DAYS[3])  # e.g. the scheduler's catch-up re-runs the date of v3
+    assert r.returncode == 0 and "already published as v3" in r.stdout
+    assert reg.current(NAME) == "2"
+    env.server.wait_for(lambda: env.served_version() == "2", timeout=60, what="the rollback to v2")
+
+
 def test_bad_arguments(env: Env) -> None:
     r = env.nightly("2026-13-01")
     assert r.returncode == 2 and "--date" in r.stderr
 
 
 def test_the_server_was_never_restarted(env: Env) -> None:
-    # one server process followed versions 1 -> 2 -> 3 by hot reload
+    # one server process followed versions 1 -> 2 -> 3 -> 2 (rollback) by hot reload
     assert env.server.proc.poll() is None
-    assert "replacing v1" in env.server.log() and "replacing v2" in env.server.log()
+    log = env.server.log()
+    assert "replacing v1" in log and "replacing v2" in log and "replacing v3" in log
