@@ -9,9 +9,17 @@ from pathlib import Path
 
 log = logging.getLogger("recsys_mtl")
 
-# The shipped recipe: configs/ads_ranker.yaml in a source checkout.
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "ads_ranker.yaml"
-DEFAULT_SERVING_CONFIG = DEFAULT_RECIPE.with_name("serving.yaml")
+
+def _shipped_config(name: str) -> Path:
+    """configs/NAME of the source checkout; for a non-editable install (the Docker image), where
+    the package lives in site-packages, ./configs/NAME of the working directory."""
+    checkout = Path(__file__).resolve().parents[2] / "configs" / name
+    return checkout if checkout.is_file() else Path("configs") / name
+
+
+# The shipped recipe and serving config.
+DEFAULT_RECIPE = _shipped_config("ads_ranker.yaml")
+DEFAULT_SERVING_CONFIG = _shipped_config("serving.yaml")
 
 # Exit codes: 0 ok, 2 bad input (recipe, data, arguments). Later stages add their own.
 EXIT_BAD_INPUT = 2
@@ -20,7 +28,7 @@ EXIT_BAD_INPUT = 2
 def add_recipe_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recipe",
-        help=f"recipe YAML (default: {DEFAULT_RECIPE.relative_to(DEFAULT_RECIPE.parents[1])})",
+        help="recipe YAML (default: configs/ads_ranker.yaml)",
     )
 
 
