@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.request import ARROW_STREAM, JSON, RequestError
-from serving.response import render
+from serving.response import render, render_arrow
 from serving.schemas import SCORE_EXAMPLE, ErrorResponse, ScoreRequestModel, ScoreResponseModel
 from serving.service import NotReady, ScoringService
 
@@ -77,6 +77,8 @@ _ERRORS = {
 @router.post(
     "/score",
     summary="Score a batch of candidates for one user: every task, in the candidates' order",
+    description="Send `Accept: application/vnd.apache.arrow.stream` to get the scores as an Arrow record "
+    "batch (one row per candidate) instead of JSON.",
     response_model=ScoreResponseModel,
     responses=_ERRORS,  # type: ignore[arg-type]
     openapi_extra={
@@ -106,7 +108,10 @@ async def score(request: Request) -> Response:
         body = await _read_body(request, svc.config.runtime.max_body_bytes)
         result = await svc.score(body, request.headers.get("content-type"), _admin_token(request))
         variant = result.variant
-        response = Response(render(result), media_type=JSON, headers=result.headers())
+        if ARROW_STREAM in request.headers.get("accept", ""):
+            response = Response(render_arrow(result), media_type=ARROW_STREAM, headers=result.headers())
+        else:
+            response = Response(render(result), media_type=JSON, headers=result.headers())
     except RequestError as e:
         response = _error(e.status, e.field, e.message)
     except NotReady as e:

@@ -116,6 +116,29 @@ def test_scores_equal_the_offline_loader_json_and_arrow(env: Env) -> None:
     _assert_same_scores(resp.json(), env.v1.score(same_user), env.v1)
 
 
+def test_arrow_response(env: Env) -> None:
+    rows = env.rows(40, seed=8)
+    want = env.v1.score(rows)
+    body = encode_arrow_request(rows.select(env.v1.input_columns), "u1")
+    resp = env.server.client.post(
+        "/score", content=body, headers={"content-type": ARROW_STREAM, "accept": ARROW_STREAM}
+    )
+    assert resp.status_code == 200 and resp.headers["content-type"] == ARROW_STREAM
+    table = pa.ipc.open_stream(resp.content).read_all()
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert (meta["model"], meta["version"]) == (NAME, "1") and meta["variant"] == resp.headers["x-variant"]
+    assert orjson.loads(meta["grid.hazard_short"])["grid"] == env.v1.tasks[3].grid
+    for t in env.v1.tasks:
+        if t.kind == "binary":
+            np.testing.assert_allclose(table.column(t.name).to_numpy(), want[t.name], rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_allclose(
+                table.column(f"{t.name}_risk").to_numpy(), want[f"{t.name}_risk"], atol=1e-6
+            )
+            got = np.stack(table.column(f"{t.name}_survival").to_pylist())
+            np.testing.assert_allclose(got, want[f"{t.name}_survival"], rtol=0, atol=1e-6)
+
+
 def test_requested_tasks_only(env: Env) -> None:
     resp = _score(env, {**env.body(5, 1), "tasks": ["ctr", "hazard_short"]})
     out = resp.json()
