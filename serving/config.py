@@ -2,7 +2,7 @@
 
 ```yaml
 registry: registry            # optional; `recsys-mtl serve --registry` wins
-runtime: {torch_threads: 2, max_batch_candidates: 4096, max_candidates: 2000, ...}
+runtime: {torch_threads: 1, max_batch_candidates: 4096, max_candidates: 2000, ...}
 admin: {token_env: RECSYS_MTL_ADMIN_TOKEN}
 experiments:
   - name: int8_embeddings
@@ -119,7 +119,9 @@ class Experiment(_Strict):
 
 
 class Runtime(_Strict):
-    torch_threads: int = Field(default=2, ge=1, le=256, description="intra-op threads of the forward")
+    torch_threads: int = Field(
+        default=1, ge=1, le=256, description="intra-op threads of the forward (cores - 1 is a good start)"
+    )
     interop_threads: int = Field(default=1, ge=1, le=64)
     max_candidates: int = Field(default=2000, ge=1, description="candidates per request")
     max_batch_candidates: int = Field(

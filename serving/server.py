@@ -33,4 +33,6 @@ def run(
         # one process: the models and the inference thread live here; scale out with replicas
         workers=1,
         timeout_graceful_shutdown=30,
+        # clients keep pooled connections open between bursts; uvicorn's 5 s default resets them
+        timeout_keep_alive=30,
     )
