@@ -7,6 +7,19 @@ into the embedding backward, and the dense parameters use a standard optimizer f
 Held-out data: the last `eval_days` day partitions of the range are never trained on; the run is
 evaluated on them at the end (METHODS.md: quality is measured on held-out data). A time split, not
 a random one, because that is how the model will be used: trained on the past, scoring tomorrow.
+
+Early stopping (opt-in, recipe `training.early_stopping_patience`): the held-out days then double as
+the validation set. After every epoch the model is scored on them (`validation_score`: the mean AUC
+of binary tasks and C-index of hazard tasks); an improvement snapshots the weights
+(RUN/checkpoints/best, model weights only); training stops once `patience` epochs in a row brought
+no improvement, or at `epochs`; the best snapshot is then loaded back, so the final checkpoint,
+metrics.json and anything exported from the run hold the best epoch's weights (the dense and fused
+optimizer states in that checkpoint stay the last epoch's). Validation time is kept out of the
+reported training time and samples/s. A `--resume`d run restarts the patience count.
+
+Throughput: run.json's `samples_per_s` is wall-clock over the training loop (reading, transform,
+steps); `samples_per_cpu_s` divides by the process CPU time of the same loop instead, which on a
+machine shared with other work estimates what the loop does on cores of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys_mtl.checkpoint import (
+    checkpoints_dir,
     latest_checkpoint,
     load_full_weights,
     load_model_weights,
@@ -128,6 +142,111 @@ def _prepare_out(cfg: TrainConfig, ctx: DistContext) -> None:
             shutil.rmtree(cfg.out)
         cfg.out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
+
+
+def validation_score(metrics: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The early-stopping score of a metrics dict (`recsys_mtl.evaluation.compute_metrics`): the mean
+    over tasks of AUC (binary) or C-index (hazard), and the per-task values it averages. Tasks whose
+    metric is undefined (one class only) are left out; NaN when none is defined."""
+    per_task: dict[str, float] = {}
+    for name, m in metrics["tasks"].items():
+        v = m.get("auc", m.get("c_index"))
+        if v is not None:
+            per_task[name] = float(v)
+    score = sum(per_task.values()) / len(per_task) if per_task else float("nan")
+    return score, per_task
+
+
+class _EarlyStopping:
+    """Per-epoch validation on the held-out days, the best-weights snapshot and the stop rule.
+
+    Every rank scores the whole validation set through the (sharded) model, so each forward's
+    collectives line up; rank 0's score is broadcast so all ranks take the same decision.
+    """
+
+    def __init__(
+        self, recipe: Recipe, cfg: TrainConfig, transform: FeatureTransform, split: DaySplit, patience: int
+    ) -> None:
+        from recsys_mtl.evaluation import evaluation_reader
+
+        if not split.eval:
+            raise ValueError(
+                "training.early_stopping_patience needs held-out days to validate on (eval_days >= 1)"
+            )
+        self.recipe, self.patience = recipe, patience
+        self.best_dir = checkpoints_dir(cfg.out) / "best"
+        self.reader = evaluation_reader(
+            recipe, cfg.data_dir, transform=transform, start=split.eval[0], end=split.eval[-1]
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.seconds = 0.0  # spent validating and snapshotting: not training time
+        self.cpu_seconds = 0.0  # the same in process CPU time
+
+    def after_epoch(self, model: torch.nn.Module, epoch: int, step: int, ctx: DistContext) -> bool:
+        """Validate after `epoch` (1-based); snapshot the weights when it is the best so far.
+        Returns True when training should stop."""
+        from recsys_mtl.evaluation import compute_metrics, predict
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        score, per_task = validation_score(compute_metrics(self.recipe, predict(model, self.reader)))
+        shared = torch.tensor([score], dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        score = float(shared.item())
+        improved = math.isfinite(score) and score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, epoch
+            self._snapshot(model, ctx)
+        self.history.append({"epoch": epoch, "step": step, "score": score, "tasks": per_task})
+        stop = epoch - self.best_epoch >= self.patience
+        if ctx.is_main:
+            log.info(
+                "epoch %d: validation score %.5f %s (best %.5f at epoch %d)%s",
+                epoch,
+                score,
+                {k: round(v, 5) for k, v in per_task.items()},
+                self.best_score,
+                self.best_epoch,
+                f"; no improvement for {self.patience} epoch(s): stopping" if stop else "",
+            )
+        self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
+        return stop
+
+    def _snapshot(self, model: torch.nn.Module, ctx: DistContext) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        if ctx.is_main and self.best_dir.exists():
+            shutil.rmtree(self.best_dir)
+        dist.barrier()
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(self.best_dir))
+        dist.barrier()
+
+    def restore_best(self, model: torch.nn.Module, last_epoch: int, ctx: DistContext) -> None:
+        """Load the best epoch's weights back (unless the last epoch was the best), then drop the
+        snapshot: the run's final checkpoint holds them from here on."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        if self.best_epoch and self.best_epoch != last_epoch:
+            load_model_weights(model, self.best_dir)
+            if ctx.is_main:
+                log.info("early stopping: restored the weights of epoch %d", self.best_epoch)
+        dist.barrier()
+        if ctx.is_main:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+        self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.process_time() - c0
+
+    def summary(self, stopped: bool) -> dict[str, Any]:
+        return {
+            "patience": self.patience,
+            "metric": "mean over tasks of AUC (binary) / C-index (hazard) on the held-out days",
+            "best_epoch": self.best_epoch or None,
+            "best_score": self.best_score if self.best_epoch else None,
+            "stopped_early": stopped,
+            "validation_seconds": self.seconds,
+            "history": self.history,
+        }
 
 
 def _steps_per_epoch(reader: ParquetReader) -> int:
@@ -230,6 +349,9 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
+    patience = recipe.training.early_stopping_patience
+    early = _EarlyStopping(recipe, cfg, transform, split, patience) if patience else None
+
     model = shard_model(build_model(recipe, embedding_device=torch.device("meta")), recipe, ctx)
     # Everything outside the embedding collections; the tables (sharded or data-parallel) are
     # updated by the fused optimizer in backward. By name, so the set is the same whatever the plan
@@ -285,13 +407,22 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
 
     every = cfg.checkpoint_every or recipe.training.checkpoint_every
 
+    def train_seconds() -> float:
+        """Time in this invocation's loop, less validation (early stopping)."""
+        return time.perf_counter() - t0 - (early.seconds if early else 0.0)
+
+    def train_cpu_seconds() -> float:
+        """The same in process CPU time (all threads). On a shared machine wall time also counts
+        waiting for a core; samples per CPU-second estimates the rate on dedicated cores."""
+        return time.process_time() - c0 - (early.cpu_seconds if early else 0.0)
+
     def progress_now() -> dict[str, Any]:
         return {
             "step": step,
             "samples": step * bs * ctx.world_size,
             "world_size": ctx.world_size,
             "batch_size_per_rank": bs,
-            "seconds": elapsed + time.perf_counter() - t0,
+            "seconds": elapsed + train_seconds(),
             "loss_curve": curve,
         }
 
@@ -299,6 +430,8 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     window: dict[str, float] = {}
     window_steps = 0
     first_step = step
+    stopped = False
+    postfix: dict[str, str] = {}
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -307,7 +440,7 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         disable=not (cfg.progress and ctx.is_main),
         mininterval=0.5 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         while step < total_steps:
             epoch, skip = divmod(step, steps_per_epoch)
@@ -333,14 +466,22 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     point = {k: v / window_steps for k, v in window.items()}
                     curve.append({"step": step, **point})
                     window, window_steps = {}, 0
-                    rate = (step - first_step) * bs * ctx.world_size / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
+                    rate = (step - first_step) * bs * ctx.world_size / train_seconds()
+                    postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
+                    bar.set_postfix(postfix)
                 bar.update(1)
                 if step % every == 0 and step < total_steps:
                     save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
+                if early is not None and step % steps_per_epoch == 0:
+                    if early.after_epoch(model, step // steps_per_epoch, step, ctx):
+                        stopped, total_steps = True, step  # ends both loops
+                    postfix["val"] = f"{early.history[-1]['score']:.4f}"
+                    bar.set_postfix(postfix)
+        if early is not None:
+            early.restore_best(model, step // steps_per_epoch if step % steps_per_epoch == 0 else -1, ctx)
     finally:
         bar.close()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = train_seconds(), train_cpu_seconds()
     samples = (step - first_step) * bs * ctx.world_size
     save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
     info: dict[str, Any] = {
@@ -355,10 +496,13 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         "seconds": elapsed + seconds,
         # throughput of this invocation only (a resumed run does not count the earlier one)
         "samples_per_s": samples / seconds if seconds > 0 and samples else None,
+        "cpu_seconds": cpu_seconds,
+        "samples_per_cpu_s": samples / cpu_seconds if cpu_seconds > 0 and samples else None,
         "parameters": None,
         "loss_curve": curve,
         "sharding_plan": plan,
         "warm_start": str(cfg.warm_start) if cfg.warm_start else None,
+        "early_stopping": early.summary(stopped) if early else None,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     if ctx.is_main:
