@@ -5,17 +5,41 @@ and evaluates (the real `recsys-mtl train` CLI, one process) each model on the s
 only `model.type` changed: shared_bottom, mmoe, ple, home, dtrn, plus a single-task model per head
 task (CVR single-task is the classic one trained on clicked rows only). The last day is held out.
 
-Prints and writes (bench/out/models_rho*.json, appended to bench/out/models.md):
+Prints and writes (bench/out/models/models_rho*.json and models.md under --out):
   per task AUC / C-index and oracle-lift = (metric - 0.5) / (oracle - 0.5); training samples/s;
   expert diagnostics (zero-activation share per expert, mean gate weight per task) for MMoE and HoME.
 
-usage: python bench/models.py --rows 600000 --days 6 --rho 0.8 --rho -0.5 --conversion-rate 0.02
+World size and optimisation knobs (issue 3's quality investigation): --users / --creatives set the
+generator's vocabularies (impressions per user = rows / users, roughly), --lr-scale multiplies the
+recipe's dense and sparse learning rates, --batch-size overrides the recipe's batch.
+
+--decompose adds, per run, what the model learned of the true logit (module `decompose`): the
+held-out oracle logit is split, with the generator's own world (`build_world`, same seed), into
+  main   everything but the user x creative term: user, creative, category, format, position, hour,
+         device, wear-out effects;
+  cat    the user x creative interaction through the creative's category centroid
+         (<z_u, A sqrt(0.6) c_category>, learnable from a user's taste for 200 categories);
+  idio   the rest of the interaction, <z_u, A sqrt(0.4) eps_creative> (needs user x creative data);
+and the model's logit is regressed on the three (OLS): a slope of 1 means that part is learned at
+the right scale, 0 means not at all. It also reports the AUC an oracle reaches with main only and
+with main + cat (the ceiling of a model that learns no / only category-level interaction), the
+impressions per user and per creative seen in training, an AUC standard error (Hanley-McNeil) for
+the sparse CVR evaluation, and for hazard tasks the C-index with the risk taken over the first k
+intervals only, k = the intervals the training window's label cutoff lets any label reach.
+
+usage:
+  python bench/models.py --rows 600000 --days 6 --rho 0.8 --rho -0.5 --conversion-rate 0.02
+  python bench/models.py --rows 400000 --days 10 --rho 0.8 --users 2000 --creatives 500 \\
+      --models mmoe,home --single-task '' --epochs 2 --decompose --out bench/out/quality/u2000
+  python bench/models.py --compare-tables RUN_A RUN_B   # tables left untrained (identical weights)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from recsys_mtl.synth import SynthConfig, generate
@@ -34,7 +59,41 @@ BINARY = ["ctr", "cvr", "ctcvr"]
 HAZARD = ["hazard_short", "hazard_long"]
 
 
-def recipe_variant(out: Path, name: str, model_type: str | None, single_task: str | None) -> Path:
+# --------------------------------------------------------------------------------------------
+# data, recipes, runs
+# --------------------------------------------------------------------------------------------
+
+
+def data_key(cfg: SynthConfig) -> str:
+    """A directory name that identifies the generated data (the knobs this benchmark sets)."""
+    return (
+        f"data_r{cfg.rows}_d{cfg.days}_s{cfg.seed}_rho{cfg.rho}_cv{cfg.conversion_rate}"
+        f"_u{cfg.users}_c{cfg.creatives}"
+    )
+
+
+def ensure_data(cfg: SynthConfig, out: Path) -> Path:
+    """The data of `cfg` under `out`, generated unless a directory with exactly this config exists."""
+    data = out / data_key(cfg)
+    meta = data / "_synth.json"
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if not (meta.exists() and json.loads(meta.read_text())["config"] == want):
+        generate(cfg, data, overwrite=True, progress=False)
+    return data
+
+
+def recipe_variant(
+    out: Path,
+    name: str,
+    model_type: str | None,
+    single_task: str | None,
+    lr_scale: float = 1.0,
+    table_wise: bool = False,
+) -> Path:
+    """The shipped recipe with only the model type changed (default options), or a single-task
+    shared-bottom model; learning rates (dense and sparse) multiplied by `lr_scale`; with
+    `table_wise`, every table sharded table-wise (`training.sharding_types: [table_wise]`): a
+    workaround for the trainer leaving data-parallel tables untrained (QUALITY_RESULTS.md)."""
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
     d["name"] = name
     if model_type:
@@ -46,12 +105,20 @@ def recipe_variant(out: Path, name: str, model_type: str | None, single_task: st
         if single_task == "cvr":  # the classic single-task CVR: trained on clicked rows only
             task["train_on"] = "click"
         d["tasks"] = [task]
+    if table_wise:
+        d["training"]["sharding_types"] = ["table_wise"]
+    if lr_scale != 1.0:
+        for opt in ("dense_optimizer", "sparse_optimizer"):
+            d["training"][opt]["lr"] = d["training"][opt]["lr"] * lr_scale
     p = out / f"{name}.yaml"
     p.write_text(yaml.safe_dump(d))
     return p
 
 
-def run_one(recipe: Path, data: Path, out: Path, epochs: int, threads: int) -> dict[str, Any]:
+def run_one(
+    recipe: Path, data: Path, out: Path, epochs: int, threads: int, batch_size: int | None = None
+) -> dict[str, Any]:
+    """`recsys-mtl train` (1 process) of `recipe` on `data` into `out`: throughput and metrics."""
     cmd = [
         str(BIN),
         "train",
@@ -68,6 +135,8 @@ def run_one(recipe: Path, data: Path, out: Path, epochs: int, threads: int) -> d
         "--no-progress",
         "--overwrite",
     ]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
@@ -82,8 +151,160 @@ def run_one(recipe: Path, data: Path, out: Path, epochs: int, threads: int) -> d
     }
 
 
+# --------------------------------------------------------------------------------------------
+# what the model learned (--decompose)
+# --------------------------------------------------------------------------------------------
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def auc_se(auc_value: float, n_pos: int, n_neg: int) -> float:
+    """Hanley-McNeil (1982) standard error of an AUC with n_pos positives and n_neg negatives."""
+    if not (math.isfinite(auc_value) and n_pos and n_neg):
+        return float("nan")
+    a = auc_value
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def entity_stats(data: Path, days: list[str]) -> dict[str, float]:
+    """Training impressions per user and per creative: the mean over entities seen, and the mean
+    the typical impression sees (impression-weighted: what an embedding row is trained on)."""
+    import pyarrow.parquet as pq
+
+    res: dict[str, float] = {}
+    for col in ("user_id", "creative_id"):
+        ids = np.concatenate([pq.read_table(data / f"dt={d}", columns=[col])[col].to_numpy() for d in days])
+        counts = np.bincount(np.unique(ids, return_inverse=True)[1]).astype(np.float64)
+        res[f"{col}_seen"] = float(len(counts))
+        res[f"{col}_mean"] = float(counts.mean())
+        res[f"{col}_weighted"] = float((counts**2).sum() / counts.sum())
+    return res
+
+
+def decompose(run_dir: Path, data: Path, cfg: SynthConfig) -> dict[str, Any]:
+    """What a trained run learned of the true CTR / CVR logits, and hazard C-index within the
+    trained horizon (see the module docstring)."""
+    from recsys_mtl.evaluation import evaluation_reader, per_creative, predict
+    from recsys_mtl.metrics import auc, c_index
+    from recsys_mtl.run import load_run
+    from recsys_mtl.synth.world import build_world, world_rng
+
+    run = load_run(run_dir)
+    eval_days = run.info["data"]["eval_days"]
+    train_days = run.info["data"]["train_days"]
+    reader = evaluation_reader(
+        run.recipe, data, transform=run.transform, start=eval_days[0], end=eval_days[-1]
+    )
+    preds = predict(run.model, reader)
+    world = build_world(cfg)
+    # the category centroids are the first draw of the world's part 1 (world.build_world)
+    centroids = world_rng(cfg.seed, 1).standard_normal((cfg.categories, cfg.latent_dim))
+    c = centroids[world.creative_category]
+    assert preds.users is not None and preds.items is not None
+    res: dict[str, Any] = {"train": entity_stats(data, train_days)}
+    for task, vecs in (("ctr", world.creative_az), ("cvr", world.creative_bz)):
+        if task not in preds.scores or task not in preds.oracle:
+            continue
+        m = preds.eval_mask[task]
+        y = preds.labels[task][m]
+        model = _logit(preds.scores[task][m])
+        oracle = _logit(preds.oracle[task][m])
+        # the category part of each creative's interaction vector: OLS on its category centroid
+        coef, *_ = np.linalg.lstsq(c, vecs.astype(np.float64), rcond=None)
+        cat_vecs = c @ coef
+        resid = vecs - cat_vecs
+        cat_r2 = 1.0 - float((resid**2).sum() / ((vecs - vecs.mean(axis=0)) ** 2).sum())
+        zu = world.user_z[preds.users[m]].astype(np.float64)
+        inter = np.einsum("ij,ij->i", zu, vecs[preds.items[m]].astype(np.float64))
+        cat = np.einsum("ij,ij->i", zu, cat_vecs[preds.items[m]])
+        parts = {"main": oracle - inter, "cat": cat, "idio": inter - cat}
+        x = np.column_stack([np.ones(len(model)), *parts.values()])
+        beta, *_ = np.linalg.lstsq(x, model, rcond=None)
+        fitted = x @ beta
+        r2 = 1.0 - float(((model - fitted) ** 2).sum() / ((model - model.mean()) ** 2).sum())
+        a = auc(model, y)
+        res[task] = {
+            "rows": int(m.sum()),
+            "positives": int(y.sum()),
+            "auc": a,
+            "auc_se": auc_se(a, int(y.sum()), int(len(y) - y.sum())),
+            "oracle_auc": auc(oracle, y),
+            "oracle_auc_main": auc(parts["main"], y),
+            "oracle_auc_main_cat": auc(parts["main"] + parts["cat"], y),
+            "var": {k: float(v.var()) for k, v in parts.items()},
+            "slope": {k: float(b) for k, b in zip(parts, beta[1:], strict=True)},
+            "r2_model_on_parts": r2,
+            "category_share_of_interaction_vectors": cat_r2,
+        }
+    n_train_days = len(train_days)
+    for t in run.recipe.tasks:
+        if t.kind != "hazard" or t.name not in preds.oracle:
+            continue
+        assert t.grid is not None
+        width = {"days": 1, "weeks": 7}.get(t.unit, 1)
+        # intervals that some training label can reach: subjects of the first training day were
+        # observable for n_train_days days at the cutoff (recsys_mtl.targets.censor_at_cutoff)
+        k = max(1, min(t.num_intervals, n_train_days // width))
+        ct = per_creative(t.name, preds)
+        assert ct.oracle is not None
+        risk_k = 1.0 - np.prod(1.0 - ct.hazard[:, :k], axis=1)
+        o_risk_k = 1.0 - np.prod(1.0 - ct.oracle[:, :k], axis=1)
+        ck, ok = c_index(ct.interval, ct.event, risk_k), c_index(ct.interval, ct.event, o_risk_k)
+        res[t.name] = {
+            "trained_intervals": k,
+            "intervals": t.num_intervals,
+            "c_index_trained_horizon": ck,
+            "oracle_c_index_trained_horizon": ok,
+            "lift_trained_horizon": (ck - 0.5) / (ok - 0.5) if ok > 0.5 else float("nan"),
+            "subjects": len(ct.interval),
+            "events": int(ct.event.sum()),
+        }
+    return res
+
+
+def compare_tables(run_a: Path, run_b: Path) -> dict[str, dict[str, Any]]:
+    """Per embedding table of two finished runs: its sharding type in run_a's plan, whether its
+    weights are bit-identical in both checkpoints (a table trained on different data never is),
+    and its largest |weight| in run_a (an untrained table stays within its init bound)."""
+    import torch
+
+    from recsys_mtl.run import load_run
+
+    a, b = load_run(run_a), load_run(run_b)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    plan = a.info.get("sharding_plan") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, w in sa.items():
+        if ".embedding_bags." not in key or not key.endswith(".weight"):
+            continue
+        table = key.split(".embedding_bags.")[1].split(".")[0]
+        out[table] = {
+            "sharding_type": plan.get(table, {}).get("sharding_type"),
+            "identical": bool(sb[key].shape == w.shape and torch.equal(w, sb[key])),
+            "max_abs": float(w.abs().max()),
+            "init_bound": (1.0 / w.shape[0]) ** 0.5,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
+
+
 def fmt(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None else format(x, spec)
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def lift(res: dict[str, Any], task: str) -> float | None:
+    """Oracle-lift of `task` in a run result, None when absent."""
+    r = res["metrics"]["tasks"].get(task)
+    return None if r is None else r.get("oracle_lift")
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
@@ -95,22 +316,19 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         + " | train samples/s |"
     )
     lines = [head, "|" + "---|" * (2 + len(BINARY) + len(HAZARD))]
-    oracle = None
+    oracle: dict[str, float] = {}
     for name, res in rows.items():
         tasks = res["metrics"]["tasks"]
         cells = []
         for t in BINARY:
             r = tasks.get(t)
             cells.append("" if r is None else f"{fmt(r['auc'])} ({fmt(r.get('oracle_lift'), '.2f')})")
-            if r and oracle is None:
-                oracle = {}
-            if r and "oracle_auc" in r:
+            if r and r.get("oracle_auc") is not None:
                 oracle[t] = r["oracle_auc"]
         for t in HAZARD:
             r = tasks.get(t)
             cells.append("" if r is None else f"{fmt(r['c_index'])} ({fmt(r.get('oracle_lift'), '.2f')})")
-            if r and "oracle_c_index" in r:
-                oracle = oracle or {}
+            if r and r.get("oracle_c_index") is not None:
                 oracle[t] = r["oracle_c_index"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['samples_per_s']:,.0f} |")
     if oracle:
@@ -138,59 +356,154 @@ def diagnostics(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def decomposition_table(rows: dict[str, dict[str, Any]]) -> str:
+    """One line per (model, task) of `decompose` results."""
+    lines = [
+        "| model | task | AUC (+-SE) | oracle AUC: main / main+cat / full | slope main / cat / idio "
+        "| R2 | var main / cat / idio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    hz = []
+    for name, res in rows.items():
+        d = res.get("decompose")
+        if not d:
+            continue
+        for t in ("ctr", "cvr"):
+            r = d.get(t)
+            if not r:
+                continue
+            s, v = r["slope"], r["var"]
+            lines.append(
+                f"| {name} | {t} | {fmt(r['auc'])} +-{fmt(r['auc_se'], '.3f')} | "
+                f"{fmt(r['oracle_auc_main'])} / {fmt(r['oracle_auc_main_cat'])} / {fmt(r['oracle_auc'])} | "
+                f"{s['main']:.2f} / {s['cat']:.2f} / {s['idio']:.2f} | {r['r2_model_on_parts']:.2f} | "
+                f"{v['main']:.2f} / {v['cat']:.2f} / {v['idio']:.2f} |"
+            )
+        for t in HAZARD:
+            r = d.get(t)
+            if r:
+                hz.append(
+                    f"| {name} | {t} | {r['trained_intervals']} of {r['intervals']} | "
+                    f"{fmt(r['c_index_trained_horizon'])} | {fmt(r['oracle_c_index_trained_horizon'])} | "
+                    f"{fmt(r['lift_trained_horizon'], '.2f')} | {r['subjects']} / {r['events']} |"
+                )
+    first = next((r["decompose"]["train"] for r in rows.values() if r.get("decompose")), None)
+    out = "\n".join(lines)
+    if hz:
+        out += (
+            "\n\nHazard C-index with the risk over the trained intervals only:\n\n"
+            "| model | task | trained intervals | C | oracle C | lift | subjects / events |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(hz)
+        )
+    if first:
+        out += (
+            f"\n\nTraining impressions per user: mean {first['user_id_mean']:.1f} over "
+            f"{first['user_id_seen']:.0f} users seen, {first['user_id_weighted']:.1f} for the typical "
+            f"impression; per creative: mean {first['creative_id_mean']:.1f} over "
+            f"{first['creative_id_seen']:.0f}, {first['creative_id_weighted']:.1f} for the typical "
+            "impression."
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def add_world_arguments(ap: argparse.ArgumentParser) -> None:
+    """Data and training knobs shared with bench/conflict.py."""
     ap.add_argument("--rows", type=int, default=600_000)
     ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--rho", type=float, action="append", help="repeatable; default 0.8 and -0.5")
     ap.add_argument("--conversion-rate", type=float, default=0.02, help="conversions per click (rare)")
+    ap.add_argument("--users", type=int, default=SynthConfig.users, help="generator users (default 20000)")
+    ap.add_argument(
+        "--creatives", type=int, default=SynthConfig.creatives, help="generator creatives (default 5000)"
+    )
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr-scale", type=float, default=1.0, help="multiplies the dense and sparse LRs")
+    ap.add_argument("--batch-size", type=int, help="rows per step (default: the recipe's 2048)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--table-wise",
+        action="store_true",
+        help="shard every table table-wise: works around data-parallel tables never being trained",
+    )
+
+
+def synth_config(args: argparse.Namespace, rho: float) -> SynthConfig:
+    return SynthConfig(
+        rows=args.rows,
+        days=args.days,
+        seed=args.seed,
+        rho=rho,
+        conversion_rate=args.conversion_rate,
+        users=args.users,
+        creatives=args.creatives,
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_world_arguments(ap)
+    ap.add_argument("--rho", type=float, action="append", help="repeatable; default 0.8 and -0.5")
     ap.add_argument("--models", default=",".join(BACKBONES))
     ap.add_argument(
         "--single-task",
         default="ctr,cvr,hazard_short,hazard_long",
         help="head tasks to train single-task models for ('' for none)",
     )
+    ap.add_argument("--decompose", action="store_true", help="also decompose what each model learned")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "models"))
+    ap.add_argument(
+        "--compare-tables",
+        nargs=2,
+        metavar="RUN",
+        help="only compare the embedding tables of two finished runs (which ones never trained)",
+    )
     args = ap.parse_args()
+    if args.compare_tables:
+        for table, r in compare_tables(*map(Path, args.compare_tables)).items():
+            print(
+                f"{table:16s} {r['sharding_type'] or '-':14s} identical in both runs: {r['identical']!s:5s} "
+                f"max|w| {r['max_abs']:.4f} (init bound {r['init_bound']:.4f})"
+            )
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = []
     for rho in args.rho or [0.8, -0.5]:
-        data = out / f"data_rho{rho}"
-        cfg = SynthConfig(
-            rows=args.rows, days=args.days, seed=args.seed, rho=rho, conversion_rate=args.conversion_rate
-        )
-        if not (data / "_synth.json").exists():
-            generate(cfg, data, overwrite=True, progress=False)
+        cfg = synth_config(args, rho)
+        data = ensure_data(cfg, out)
         rows: dict[str, dict[str, Any]] = {}
-        for m in [m for m in args.models.split(",") if m]:
-            rows[m] = run_one(
-                recipe_variant(out, f"bench_{m}", m, None),
-                data,
-                out / f"run_{m}_{rho}",
-                args.epochs,
-                args.threads,
+        jobs = [(m, f"run_{m}_{rho}", m, None) for m in args.models.split(",") if m]
+        jobs += [
+            (f"single-task {t}", f"run_single_{t}_{rho}", None, t) for t in args.single_task.split(",") if t
+        ]
+        for key, run_name, model_type, single in jobs:
+            recipe_name = f"bench_{model_type}" if model_type else f"bench_single_{single}"
+            recipe = recipe_variant(out, recipe_name, model_type, single, args.lr_scale, args.table_wise)
+            run_dir = out / run_name
+            rows[key] = run_one(recipe, data, run_dir, args.epochs, args.threads, args.batch_size)
+            if args.decompose:
+                rows[key]["decompose"] = decompose(run_dir, data, cfg)
+            print(
+                f"rho={rho} {key}: {rows[key]['samples_per_s']:,.0f} samples/s, "
+                f"wall {rows[key]['wall_s']:.0f}s",
+                flush=True,
             )
-            print(f"rho={rho} {m}: {rows[m]['samples_per_s']:,.0f} samples/s", flush=True)
-        for t in [t for t in args.single_task.split(",") if t]:
-            key = f"single-task {t}"
-            rows[key] = run_one(
-                recipe_variant(out, f"bench_single_{t}", None, t),
-                data,
-                out / f"run_single_{t}_{rho}",
-                args.epochs,
-                args.threads,
-            )
-            print(f"rho={rho} {key}: done", flush=True)
         header = (
-            f"### rho = {rho}\n\nData: `SynthConfig(rows={args.rows}, days={args.days}, "
-            f"seed={args.seed}, rho={rho}, conversion_rate={args.conversion_rate})`, last day held "
-            f"out; {args.epochs} epoch(s), 1 process, {args.threads} threads.\n"
+            f"### rho = {rho}\n\nData: `SynthConfig(rows={args.rows}, days={args.days}, seed={args.seed}, "
+            f"rho={rho}, conversion_rate={args.conversion_rate}, users={args.users}, "
+            f"creatives={args.creatives})`, last day held out; {args.epochs} epoch(s), lr x{args.lr_scale}, "
+            f"batch {args.batch_size or 'recipe'}, sharding "
+            f"{'table_wise only' if args.table_wise else 'recipe (table_wise + data_parallel)'}, "
+            f"1 process, {args.threads} threads.\n"
         )
         text = header + "\n" + table(rows) + "\n\n" + diagnostics(rows)
+        if args.decompose:
+            text += "\n" + decomposition_table(rows) + "\n"
         print(text, flush=True)
         report.append(text)
         (out / f"models_rho{rho}.json").write_text(json.dumps(rows, indent=1))
