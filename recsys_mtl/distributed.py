@@ -67,11 +67,15 @@ def init_distributed(device: str = "cpu") -> DistContext:
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend, False)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
     else:
+        # A fresh port per group, passed directly: writing MASTER_PORT into os.environ would leak it
+        # into every child process started later (a test process that trained in-process made all
+        # its later `recsys-mtl train` subprocesses collide on one port: EADDRINUSE).
         rank, world = 0, 1
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(
+            backend=backend, rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{free_port()}"
+        )
     return DistContext(rank, world, local_rank, dev, backend, True)
 
 

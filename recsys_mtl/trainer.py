@@ -18,8 +18,8 @@ optimizer states in that checkpoint stay the last epoch's). Validation time is k
 reported training time and samples/s. A `--resume`d run restarts the patience count.
 
 Throughput: run.json's `samples_per_s` is wall-clock over the training loop (reading, transform,
-steps); `samples_per_cpu_s` divides by the process CPU time of the same loop instead, which on a
-machine shared with other work estimates what the loop does on cores of its own.
+steps); `samples_per_cpu_s` divides by the process CPU time of the same loop instead (summed over
+ranks), which on a machine shared with other work estimates what the loop does on cores of its own.
 """
 
 from __future__ import annotations
@@ -482,6 +482,9 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     finally:
         bar.close()
     seconds, cpu_seconds = train_seconds(), train_cpu_seconds()
+    cpu_all = torch.tensor([cpu_seconds], dtype=torch.float64)
+    dist.all_reduce(cpu_all)  # every rank's CPU time: the samples count is every rank's too
+    cpu_seconds = float(cpu_all.item())
     samples = (step - first_step) * bs * ctx.world_size
     save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
     info: dict[str, Any] = {

@@ -158,7 +158,7 @@ def to_table(rows: list[list[str]]) -> pa.Table:
             cols[c] = pa.array([float(v) for v in vals], pa.float64())
         else:
             cols[c] = pa.array([None if m else v for v, m in zip(vals, missing, strict=True)], pa.string())
-    income = [v for v in raw[INCOME_SOURCE]]
+    income = list(raw[INCOME_SOURCE])
     bad = sorted({v for v in income if v not in ("50000+.", "- 50000.")})
     if bad:
         raise ValueError(f"unexpected income values {bad[:5]}")
