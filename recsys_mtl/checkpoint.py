@@ -4,7 +4,9 @@
 RUN/checkpoints/step-00000120/   DCP files: "model" (sharded tables + replicated dense weights)
                                  and "sparse_optim" (the fused row-wise optimizer state, sharded
                                  like the tables); dense_optim.pt (the replicated dense optimizer,
-                                 rank 0); rng-rank<r>.pt (each rank's torch RNG); progress.json
+                                 rank 0); replicated_tables_optim.pt (the sparse optimizer of the
+                                 data-parallel tables, by table name, rank 0); rng-rank<r>.pt (each
+                                 rank's torch RNG); progress.json
 RUN/checkpoints/latest.json      {"step": 120, "dir": "step-00000120"}, switched by atomic rename
                                  only after every rank finished writing
 ```
@@ -28,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recsys_mtl.distributed import ReplicatedTableOptimizer
 from recsys_mtl.run import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 KEEP = 2
+TABLE_OPTIM = "replicated_tables_optim.pt"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -57,6 +61,7 @@ def save_training_checkpoint(
     dense_optimizer: torch.optim.Optimizer,
     progress: dict[str, Any],
     rank: int,
+    table_optimizer: ReplicatedTableOptimizer | None = None,
 ) -> Path:
     """Every rank calls this at the same step; returns the checkpoint directory."""
     import torch.distributed.checkpoint as dcp
@@ -68,6 +73,8 @@ def save_training_checkpoint(
     torch.save(torch.get_rng_state(), ck / f"rng-rank{rank}.pt")
     if rank == 0:
         torch.save(dense_optimizer.state_dict(), ck / "dense_optim.pt")
+        if table_optimizer is not None:
+            torch.save(table_optimizer.state_dict(), ck / TABLE_OPTIM)
         write_json_atomic(ck / "progress.json", progress)
     dist.barrier()  # every rank's shards are on disk before the pointer moves
     if rank == 0:
@@ -93,8 +100,14 @@ def load_training_checkpoint(
     model: nn.Module,
     dense_optimizer: torch.optim.Optimizer,
     rank: int,
+    table_optimizer: ReplicatedTableOptimizer | None = None,
 ) -> None:
-    """Restore model, both optimizers and this rank's RNG (same or different world size)."""
+    """Restore model, the optimizers and this rank's RNG (same or different world size).
+
+    The data-parallel tables' optimizer state is restored when the checkpoint was written under
+    the same set of data-parallel tables; a different plan (another world size can move a table
+    between table-wise and data-parallel) restarts that state, with a log line: the weights
+    themselves always load."""
     import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}
@@ -102,6 +115,16 @@ def load_training_checkpoint(
     model.load_state_dict(state["model"])
     model.fused_optimizer.load_state_dict(state["sparse_optim"])
     dense_optimizer.load_state_dict(torch.load(checkpoint / "dense_optim.pt", weights_only=True))
+    if table_optimizer is not None:
+        saved = checkpoint / TABLE_OPTIM
+        restored = saved.is_file() and table_optimizer.load_state_dict(torch.load(saved, weights_only=True))
+        if not restored and rank == 0:
+            log.info(
+                "checkpoint %s has no optimizer state for the data-parallel tables %s (another plan): "
+                "their optimizer starts afresh",
+                checkpoint.name,
+                table_optimizer.names,
+            )
     rng = checkpoint / f"rng-rank{rank}.pt"
     if rng.is_file():
         torch.set_rng_state(torch.load(rng, weights_only=True))

@@ -133,6 +133,55 @@ def dense_optimizer(spec: OptimizerSpec, params: list[nn.Parameter]) -> torch.op
     raise ValueError(f"training.dense_optimizer.name: {spec.name!r} is for embedding tables only")
 
 
+def replicated_tables(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The embedding tables the planner made `data_parallel`, by parameter name.
+
+    Table-wise (and row-wise, column-wise) tables become FBGEMM kernels that apply the sparse
+    optimizer inside backward. A data-parallel table is different: DMP replicates it on every
+    rank as a plain dense parameter whose gradient DDP all-reduces, and the in-backward optimizer
+    registered before sharding does not follow it. Without an optimizer of its own it would keep
+    its random initial values for the whole run (found by the oracle-lift investigation:
+    position, hour, device, category never trained). TorchRec marks the fused parameters with
+    `_in_backward_optimizers`; the table parameters without that mark are these.
+    """
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    return {n: p for n, p in in_backward_optimizer_filter(model.named_parameters()) if "sparse_arch." in n}
+
+
+class ReplicatedTableOptimizer:
+    """The recipe's sparse optimizer, run as an ordinary optimizer over the data-parallel tables,
+    so a table is updated by the same rule (and learning rate) whichever way the planner placed it.
+    Its state is saved by table name: a checkpoint only restores it under the same set of tables."""
+
+    def __init__(self, recipe: Recipe, tables: dict[str, nn.Parameter]) -> None:
+        opt_cls, opt_kwargs = sparse_optimizer_class(recipe.training.sparse_optimizer)
+        self.names = sorted(tables)
+        self.optimizer = opt_cls([tables[n] for n in self.names], **opt_kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "state": self.optimizer.state_dict()}
+
+    def load_state_dict(self, blob: dict[str, Any]) -> bool:
+        """Restore `blob` if it was saved for the same tables; False (nothing loaded) otherwise."""
+        if list(blob.get("names", [])) != self.names:
+            return False
+        self.optimizer.load_state_dict(blob["state"])
+        return True
+
+
+def replicated_table_optimizer(recipe: Recipe, model: nn.Module) -> ReplicatedTableOptimizer | None:
+    """The optimizer of the data-parallel tables of a DMP model; None when the plan has none."""
+    tables = replicated_tables(model)
+    return ReplicatedTableOptimizer(recipe, tables) if tables else None
+
+
 def _table_names(model: nn.Module) -> list[str]:
     names: list[str] = []
     for m in model.modules():

@@ -55,6 +55,7 @@ from recsys_mtl.distributed import (
     dense_optimizer,
     init_distributed,
     plan_summary,
+    replicated_table_optimizer,
     shard_model,
     shutdown,
 )
@@ -353,18 +354,21 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     early = _EarlyStopping(recipe, cfg, transform, split, patience) if patience else None
 
     model = shard_model(build_model(recipe, embedding_device=torch.device("meta")), recipe, ctx)
-    # Everything outside the embedding collections; the tables (sharded or data-parallel) are
-    # updated by the fused optimizer in backward. By name, so the set is the same whatever the plan
-    # (a checkpoint's dense optimizer state then fits any world size).
+    # Everything outside the embedding collections. By name, so the set is the same whatever the
+    # plan (a checkpoint's dense optimizer state then fits any world size).
     dense_params = [p for n, p in model.named_parameters() if "sparse_arch." not in n]
     optimizer = dense_optimizer(recipe.training.dense_optimizer, dense_params)
+    # Sharded tables are updated by the fused optimizer in backward; data-parallel ones are plain
+    # replicated parameters and get the recipe's sparse optimizer here (or they never train).
+    table_optimizer = replicated_table_optimizer(recipe, model)
+    optimizers = [optimizer] + ([table_optimizer] if table_optimizer is not None else [])
     plan = plan_summary(model)
 
     step, curve, elapsed = 0, [], 0.0
     latest = latest_checkpoint(cfg.out) if cfg.resume else None
     if latest is not None:
         ck, progress = latest
-        load_training_checkpoint(ck, model, optimizer, ctx.rank)
+        load_training_checkpoint(ck, model, optimizer, ctx.rank, table_optimizer)
         curve, elapsed = list(progress["loss_curve"]), float(progress["seconds"])
         # Position in samples, so a run saved with N ranks resumes with any other number.
         step = int(progress["samples"]) // (bs * ctx.world_size)
@@ -450,9 +454,11 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     break
                 outputs = model(batch.features.sparse, batch.features.dense)
                 loss, per_task = total_loss(recipe, outputs, batch.targets)
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                for opt in optimizers:
+                    opt.step()
                 step += 1
                 window["loss"] = window.get("loss", 0.0) + float(loss.detach())
                 for k, v in per_task.items():
@@ -471,7 +477,9 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     bar.set_postfix(postfix)
                 bar.update(1)
                 if step % every == 0 and step < total_steps:
-                    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
+                    save_training_checkpoint(
+                        cfg.out, model, optimizer, progress_now(), ctx.rank, table_optimizer
+                    )
                 if early is not None and step % steps_per_epoch == 0:
                     if early.after_epoch(model, step // steps_per_epoch, step, ctx):
                         stopped, total_steps = True, step  # ends both loops
@@ -486,7 +494,7 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     dist.all_reduce(cpu_all)  # every rank's CPU time: the samples count is every rank's too
     cpu_seconds = float(cpu_all.item())
     samples = (step - first_step) * bs * ctx.world_size
-    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank)
+    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank, table_optimizer)
     info: dict[str, Any] = {
         "status": "finished",
         **_run_header(recipe, transform, cfg, split),

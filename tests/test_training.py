@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+from recsys_mtl.run import load_run
 from recsys_mtl.synth import SynthConfig, generate
 from tests.conftest import BIN, RECIPE_PATH, cli
 
@@ -143,6 +145,50 @@ def test_two_process_sharded_training(tmp_path: Path, data: Path) -> None:
     assert abs(info1["samples"] - info["samples"]) <= 0.1 * info["samples"]
     for task in ("ctr", "cvr", "ctcvr"):
         assert abs(m1[task]["auc"] - m2[task]["auc"]) < 0.03, (task, m1[task]["auc"], m2[task]["auc"])
+
+
+def table_weights(run: Path) -> dict[str, torch.Tensor]:
+    state = load_run(run).model.state_dict()
+    prefix = "sparse_arch.ebc.embedding_bags."
+    return {k[len(prefix) :].split(".")[0]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize(
+    ("sharding_types", "nproc"),
+    [(["data_parallel"], 1), (["table_wise"], 1), (["table_wise", "data_parallel"], 2)],
+)
+def test_every_table_trains_whatever_its_sharding(
+    tmp_path: Path, data: Path, sharding_types: list[str], nproc: int
+) -> None:
+    """A table keeps changing with more steps wherever the planner put it. (Data-parallel tables
+    once kept their random initial values for a whole run: DMP replicates them as dense
+    parameters that the fused in-backward optimizer does not own.) Same seed, so the two runs
+    start from the same weights; a table identical after 2 and after 8 steps never trained."""
+    d = yaml.safe_load(small_recipe(tmp_path, MMOE).read_text())
+    d["training"]["sharding_types"] = sharding_types
+    recipe = tmp_path / "sharding.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    runs = {}
+    for steps in (2, 8):
+        runs[steps] = train(
+            recipe,
+            data,
+            tmp_path / f"s{steps}",
+            "--max-steps",
+            str(steps),
+            "--eval-days",
+            "0",
+            "--nproc",
+            str(nproc),
+            "--batch-size",
+            "256",
+        )
+    plan = runs[8]["sharding_plan"]
+    assert {p["sharding_type"] for p in plan.values()} == set(sharding_types), plan
+    early, late = table_weights(tmp_path / "s2"), table_weights(tmp_path / "s8")
+    assert set(early) == set(plan), (sorted(early), sorted(plan))
+    frozen = [t for t in plan if torch.equal(early[t], late[t])]
+    assert not frozen, {t: plan[t]["sharding_type"] for t in frozen}
 
 
 def test_train_refuses_bad_input(tmp_path: Path, data: Path) -> None:
