@@ -16,15 +16,12 @@ evaluated on the held-out last day. Per (rho, backbone):
 The CVR AUC is measured on the held-out day's clicked rows only, with few conversions: its
 Hanley-McNeil standard error is printed with the table (lift differences below ~2 SE are noise).
 
-Default settings (the best of issue 3's quality runs, bench/out/QUALITY_RESULTS.md): 800,000 rows
-over 10 days, 2,000 users and 500 creatives (about 360 training impressions per user instead of
-18 with the generator's 20,000 users and 400,000 rows), 1 epoch (a second pass over the same rows
-overfits the id embeddings; fresh rows help instead), the recipe's learning rates and batch, and
-every embedding table sharded table-wise: with the recipe's `[table_wise, data_parallel]` the
-planner makes the small tables (position, hour, device, format, category, age, gender)
-data-parallel, and the trainer never updates those (they stay at their random initialisation; see
-QUALITY_RESULTS.md). `--keep-data-parallel` runs the recipe's sharding as it is. About 25-35
-minutes on 2 cores.
+Default settings (from issue 3's quality investigation, docs/QUALITY_INVESTIGATION.md): 800,000
+rows over 10 days, 2,000 users and 500 creatives (about 360 training impressions per user instead
+of 18 with the generator's 20,000 users and 400,000 rows), 1 epoch (a second pass over the same
+rows overfits the id embeddings; fresh rows help instead), the recipe's learning rates, batch and
+sharding (table-wise and data-parallel tables; `--table-wise` shards every table table-wise).
+About 30 minutes on 2 cores.
 
 Writes bench/out/conflict/conflict.json (every run's metrics and diagnostics; rewritten after each
 run, and `--resume` skips the runs it already holds with the same settings), conflict.md (the
@@ -67,7 +64,7 @@ from models import (
 TASKS = ["ctr", "cvr", "ctcvr", "hazard_short", "hazard_long"]
 MOE = ["mmoe", "ple", "home"]
 DEFAULT_RHOS = [0.9, 0.5, 0.0, -0.5]
-DEFAULTS = {"rows": 800_000, "days": 10, "users": 2_000, "creatives": 500, "epochs": 1, "table_wise": True}
+DEFAULTS = {"rows": 800_000, "days": 10, "users": 2_000, "creatives": 500, "epochs": 1}
 QUICK = {"rows": 8_000, "days": 3, "users": 300, "creatives": 200, "epochs": 1}
 QUICK_MODELS = "mmoe,home"
 QUICK_RHOS = [0.9, -0.5]
@@ -229,12 +226,6 @@ def main() -> int:
     ap.set_defaults(**DEFAULTS)
     ap.add_argument("--rho", type=float, action="append", help=f"repeatable; default {DEFAULT_RHOS}")
     ap.add_argument("--models", default=",".join(BACKBONES))
-    ap.add_argument(
-        "--keep-data-parallel",
-        dest="table_wise",
-        action="store_false",
-        help="the recipe's sharding types as they are (data-parallel small tables stay untrained)",
-    )
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (settings and outputs of its own)")
     ap.add_argument(
         "--resume", action="store_true", help="keep finished runs of the JSON with the same settings"

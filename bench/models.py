@@ -92,8 +92,9 @@ def recipe_variant(
 ) -> Path:
     """The shipped recipe with only the model type changed (default options), or a single-task
     shared-bottom model; learning rates (dense and sparse) multiplied by `lr_scale`; with
-    `table_wise`, every table sharded table-wise (`training.sharding_types: [table_wise]`): a
-    workaround for the trainer leaving data-parallel tables untrained (QUALITY_RESULTS.md)."""
+    `table_wise`, every table sharded table-wise (`training.sharding_types: [table_wise]`; before
+    the fix in recsys_mtl/distributed.py this worked around data-parallel tables never being
+    trained, docs/QUALITY_INVESTIGATION.md)."""
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
     d["name"] = name
     if model_type:
@@ -428,7 +429,7 @@ def add_world_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--table-wise",
         action="store_true",
-        help="shard every table table-wise: works around data-parallel tables never being trained",
+        help="shard every table table-wise (default: the recipe's table_wise + data_parallel)",
     )
 
 
