@@ -89,12 +89,14 @@ def recipe_variant(
     single_task: str | None,
     lr_scale: float = 1.0,
     table_wise: bool = False,
+    model_options: dict[str, Any] | None = None,
 ) -> Path:
     """The shipped recipe with only the model type changed (default options), or a single-task
     shared-bottom model; learning rates (dense and sparse) multiplied by `lr_scale`; with
     `table_wise`, every table sharded table-wise (`training.sharding_types: [table_wise]`; before
     the fix in recsys_mtl/distributed.py this worked around data-parallel tables never being
-    trained, docs/QUALITY_INVESTIGATION.md)."""
+    trained, docs/QUALITY_INVESTIGATION.md); `model_options` (e.g. `{"cross_layers": 2}`) added to
+    every model's options, the single-task models' included."""
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
     d["name"] = name
     if model_type:
@@ -108,6 +110,8 @@ def recipe_variant(
         d["tasks"] = [task]
     if table_wise:
         d["training"]["sharding_types"] = ["table_wise"]
+    if model_options and d["model"]["type"] != "dtrn":
+        d["model"].update(model_options)
     if lr_scale != 1.0:
         for opt in ("dense_optimizer", "sparse_optimizer"):
             d["training"][opt]["lr"] = d["training"][opt]["lr"] * lr_scale
@@ -427,6 +431,12 @@ def add_world_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=int, help="rows per step (default: the recipe's 2048)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument(
+        "--model-options",
+        type=json.loads,
+        default={},
+        help="JSON added to every model's options (not dtrn's), e.g. '{\"cross_layers\": 2}'",
+    )
+    ap.add_argument(
         "--table-wise",
         action="store_true",
         help="shard every table table-wise (default: the recipe's table_wise + data_parallel)",
@@ -465,9 +475,9 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.compare_tables:
-        for table, r in compare_tables(*map(Path, args.compare_tables)).items():
+        for name, r in compare_tables(*map(Path, args.compare_tables)).items():
             print(
-                f"{table:16s} {r['sharding_type'] or '-':14s} identical in both runs: {r['identical']!s:5s} "
+                f"{name:16s} {r['sharding_type'] or '-':14s} identical in both runs: {r['identical']!s:5s} "
                 f"max|w| {r['max_abs']:.4f} (init bound {r['init_bound']:.4f})"
             )
         return 0
@@ -484,7 +494,9 @@ def main() -> int:
         ]
         for key, run_name, model_type, single in jobs:
             recipe_name = f"bench_{model_type}" if model_type else f"bench_single_{single}"
-            recipe = recipe_variant(out, recipe_name, model_type, single, args.lr_scale, args.table_wise)
+            recipe = recipe_variant(
+                out, recipe_name, model_type, single, args.lr_scale, args.table_wise, args.model_options
+            )
             run_dir = out / run_name
             rows[key] = run_one(recipe, data, run_dir, args.epochs, args.threads, args.batch_size)
             if args.decompose:
@@ -500,6 +512,7 @@ def main() -> int:
             f"creatives={args.creatives})`, last day held out; {args.epochs} epoch(s), lr x{args.lr_scale}, "
             f"batch {args.batch_size or 'recipe'}, sharding "
             f"{'table_wise only' if args.table_wise else 'recipe (table_wise + data_parallel)'}, "
+            f"model options {args.model_options or 'default'}, "
             f"1 process, {args.threads} threads.\n"
         )
         text = header + "\n" + table(rows) + "\n\n" + diagnostics(rows)

@@ -211,6 +211,11 @@ class TaskSpec(_Strict):
 
 
 class _ModelBase(_Strict):
+    # DCN-v2 cross layers on the flat input, before the bottom MLP (recsys_mtl/models/cross.py):
+    # explicit pairwise feature products, e.g. user x creative. 0 = none. Not for dtrn, whose
+    # backbone builds a representation per task instead of reading one flat input.
+    cross_layers: int = Field(default=0, ge=0, le=8)
+    cross_rank: int | None = Field(default=None, ge=1, description="Low rank of each cross matrix.")
     bottom_hidden: list[int] = Field(default_factory=list, description="Shared MLP before the backbone.")
     tower_hidden: list[int] = Field(default_factory=lambda: [64])
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -255,6 +260,13 @@ class HoMEOptions(_ModelBase):
 
 class DTRNOptions(_ModelBase):
     type: Literal["dtrn"] = "dtrn"
+
+    @field_validator("cross_layers")
+    @classmethod
+    def _no_cross(cls, v: int) -> int:
+        if v:
+            raise ValueError("dtrn has no flat input to cross (each task builds its own); use 0")
+        return v
     task_embedding_dim: int = Field(default=8, ge=1)
     attention_hidden: int = Field(default=32, ge=1)
     senet_reduction: int = Field(default=2, ge=1)

@@ -15,12 +15,13 @@ import torch
 import torchrec.fx
 
 from recsys_mtl.models import build_model, expert_diagnostics, total_loss
+from recsys_mtl.models.cross import CrossLayer, CrossNetwork
 from recsys_mtl.models.embeddings import SparseArch
 from recsys_mtl.models.experts import Expert, FeatureGate
 from recsys_mtl.models.gates import Gate, SelfGate
 from recsys_mtl.models.losses import hazard_nll, weighted_bce_with_logits
 from recsys_mtl.models.model import MultiTaskModel
-from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.recipe import Recipe, RecipeError, recipe_from_dict
 from recsys_mtl.targets import Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 from tests.conftest import make_raw_table
@@ -53,8 +54,18 @@ MODELS: dict[str, dict[str, Any]] = {
         "expert_hidden": [16],
         "tower_hidden": [8],
     },
+    # DCN-v2 cross layers before the bottom: low rank here, full rank in the shared-bottom case
+    "mmoe_cross": {
+        "type": "mmoe",
+        "num_experts": 2,
+        "expert_hidden": [16],
+        "tower_hidden": [8],
+        "cross_layers": 2,
+        "cross_rank": 8,
+    },
+    "shared_bottom_cross": {"type": "shared_bottom", "hidden": [16], "tower_hidden": [8], "cross_layers": 1},
 }
-MOE_MODELS = ["mmoe", "ple", "home", "dtrn_mmoe"]
+MOE_MODELS = ["mmoe", "ple", "home", "dtrn_mmoe", "mmoe_cross"]
 
 
 def small_recipe(recipe: Recipe, model: dict[str, Any], tasks: list[str] | None = None) -> Recipe:
@@ -189,6 +200,30 @@ def test_gradients_reach_every_expert_and_gate(recipe: Recipe, name: str) -> Non
     # and nothing in the model is dead weight
     for p_name, p in model.named_parameters():
         assert p.grad is not None, p_name
+
+
+def test_cross_layer_is_dcn_v2_equation_1() -> None:
+    """x_{l+1} = x_0 * (W x_l + b) + x_l, by hand, for a full-rank and a low-rank layer."""
+    torch.manual_seed(0)
+    x0, x = torch.randn(5, 6), torch.randn(5, 6)
+    full = CrossLayer(6)
+    w, b = full.project.weight, full.project.bias
+    assert torch.allclose(full(x0, x), x0 * (x @ w.T + b) + x, atol=1e-6)
+    low = CrossLayer(6, rank=2)
+    v, u = low.project[0].weight, low.project[1].weight
+    assert v.shape == (2, 6) and u.shape == (6, 2)
+    assert torch.allclose(low(x0, x), x0 * (x @ v.T @ u.T + low.project[1].bias) + x, atol=1e-6)
+    # a stack feeds x_0 to every layer
+    net = CrossNetwork(6, 2)
+    l1, l2 = net.layers
+    assert torch.allclose(net(x0), l2(x0, l1(x0, x0)), atol=1e-6)
+
+
+def test_cross_layers_are_refused_for_dtrn(recipe: Recipe) -> None:
+    d = recipe.to_dict()
+    d["model"] = {"type": "dtrn", "cross_layers": 1}
+    with pytest.raises(RecipeError, match=r"model\.dtrn\.cross_layers: dtrn has no flat input"):
+        recipe_from_dict(d, "r.yaml")
 
 
 def _home_visible(expert: str, node: str, category_of: dict[str, str]) -> bool:

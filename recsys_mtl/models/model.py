@@ -1,4 +1,4 @@
-"""The multi-task model: embeddings -> (bottom) -> backbone -> per-task towers -> heads.
+"""The multi-task model: embeddings -> (cross, bottom) -> backbone -> per-task towers -> heads.
 
 `build_model(recipe)` is the one constructor; every backbone (shared_bottom, mmoe, ple, home, dtrn)
 and the single-task models (a recipe with one task) come out of it. The model's `forward` is the
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_mtl.models.cross import CrossNetwork
 from recsys_mtl.models.dtrn import DTRN
 from recsys_mtl.models.embeddings import SparseArch
 from recsys_mtl.models.heads import TaskHeads
@@ -47,8 +48,9 @@ class MultiTaskModel(nn.Module):
 
     Attributes:
         sparse_arch: the TorchRec embedding collections (`SparseArch`).
-        bottom: shared MLP on the flat input (identity when ``bottom_hidden`` is empty; DTRN keeps
-            its bottom inside the backbone, applied to each task's r_t).
+        bottom: optional DCN-v2 cross layers (``cross_layers``), then a shared MLP on the flat
+            input (identity when both are off; DTRN keeps its bottom inside the backbone,
+            applied to each task's r_t).
         backbone: SharedBottom | MMoE | PLE | HoME | DTRN.
         towers: per head task MLP (``tower_hidden``).
         heads: `TaskHeads`.
@@ -57,7 +59,7 @@ class MultiTaskModel(nn.Module):
     def __init__(
         self,
         sparse_arch: SparseArch,
-        bottom: MLP | None,
+        bottom: nn.Module | None,
         backbone: nn.Module,
         towers: nn.ModuleDict,
         heads: TaskHeads,
@@ -137,7 +139,7 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     dense_dim = len(recipe.dense_features)
     is_dtrn = isinstance(opts, DTRNOptions)
     arch = SparseArch(recipe, unpooled_sequences=is_dtrn, device=embedding_device)
-    bottom: MLP | None = None
+    bottom: nn.Module | None = None
     backbone: nn.Module
     if is_dtrn:
         assert isinstance(opts, DTRNOptions)
@@ -145,8 +147,13 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
             names, arch.field_dims, arch.sequence_dims, _candidate_fields(recipe, arch), dense_dim, opts
         )
     else:
-        bottom = MLP(sum(arch.field_dims) + dense_dim, list(opts.bottom_hidden), opts.dropout)
-        d = bottom.out_dim
+        flat = sum(arch.field_dims) + dense_dim
+        mlp = MLP(flat, list(opts.bottom_hidden), opts.dropout)
+        if opts.cross_layers:
+            bottom = nn.Sequential(CrossNetwork(flat, opts.cross_layers, opts.cross_rank), mlp)
+        else:
+            bottom = mlp
+        d = mlp.out_dim
         if isinstance(opts, SharedBottomOptions):
             backbone = SharedBottom(d, names, list(opts.hidden), opts.dropout)
         elif isinstance(opts, MMoEOptions):
