@@ -246,7 +246,7 @@ def main() -> int:
         for k in ("rows", "days", "seed", "conversion_rate", "users", "creatives", "epochs", "lr_scale")
     }
     settings |= {"batch_size": args.batch_size, "threads": args.threads, "table_wise": args.table_wise}
-    settings |= {"model_options": args.model_options}
+    settings |= {"model_options": args.model_options, "hazard_head": args.hazard_head}
     json_path = out / "conflict.json"
     old: dict[str, Any] = {}
     if args.resume and json_path.exists():
@@ -267,9 +267,7 @@ def main() -> int:
             if done is not None:
                 per["runs"][m] = done
             else:
-                recipe = recipe_variant(
-                    out, f"conflict_{m}", m, None, args.lr_scale, args.table_wise, args.model_options
-                )
+                recipe = recipe_variant(out, f"conflict_{m}", m, None, args)
                 res = run_one(
                     recipe, data, out / f"run_{m}_{rho}", args.epochs, args.threads, args.batch_size
                 )

@@ -83,20 +83,17 @@ def ensure_data(cfg: SynthConfig, out: Path) -> Path:
 
 
 def recipe_variant(
-    out: Path,
-    name: str,
-    model_type: str | None,
-    single_task: str | None,
-    lr_scale: float = 1.0,
-    table_wise: bool = False,
-    model_options: dict[str, Any] | None = None,
+    out: Path, name: str, model_type: str | None, single_task: str | None, args: argparse.Namespace
 ) -> Path:
     """The shipped recipe with only the model type changed (default options), or a single-task
-    shared-bottom model; learning rates (dense and sparse) multiplied by `lr_scale`; with
-    `table_wise`, every table sharded table-wise (`training.sharding_types: [table_wise]`; before
-    the fix in recsys_mtl/distributed.py this worked around data-parallel tables never being
-    trained, docs/QUALITY_INVESTIGATION.md); `model_options` (e.g. `{"cross_layers": 2}`) added to
-    every model's options, the single-task models' included."""
+    shared-bottom model, then the knobs of `add_world_arguments` in `args`: learning rates (dense
+    and sparse) multiplied by `lr_scale`; with `table_wise`, every table sharded table-wise
+    (`training.sharding_types: [table_wise]`; before the fix in recsys_mtl/distributed.py this
+    worked around data-parallel tables never being trained, docs/QUALITY_INVESTIGATION.md);
+    `model_options` (e.g. `{"cross_layers": 2}`) added to every model's options but dtrn's, the
+    single-task models' included; `hazard_head` sets every hazard task's head form."""
+    lr_scale, table_wise = args.lr_scale, args.table_wise
+    model_options, hazard_head = args.model_options, args.hazard_head
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
     d["name"] = name
     if model_type:
@@ -112,6 +109,11 @@ def recipe_variant(
         d["training"]["sharding_types"] = ["table_wise"]
     if model_options and d["model"]["type"] != "dtrn":
         d["model"].update(model_options)
+    for t in d["tasks"]:
+        if t["kind"] == "hazard" and hazard_head:
+            t["hazard_head"] = hazard_head
+        if t["kind"] == "hazard" and args.hazard_detached:
+            t["trains_shared"] = False
     if lr_scale != 1.0:
         for opt in ("dense_optimizer", "sparse_optimizer"):
             d["training"][opt]["lr"] = d["training"][opt]["lr"] * lr_scale
@@ -437,6 +439,16 @@ def add_world_arguments(ap: argparse.ArgumentParser) -> None:
         help="JSON added to every model's options (not dtrn's), e.g. '{\"cross_layers\": 2}'",
     )
     ap.add_argument(
+        "--hazard-head",
+        choices=["shared", "independent"],
+        help="every hazard task's head form (default: the recipe's, i.e. shared)",
+    )
+    ap.add_argument(
+        "--hazard-detached",
+        action="store_true",
+        help="hazard tasks train only their towers and heads (`trains_shared: false`)",
+    )
+    ap.add_argument(
         "--table-wise",
         action="store_true",
         help="shard every table table-wise (default: the recipe's table_wise + data_parallel)",
@@ -494,9 +506,7 @@ def main() -> int:
         ]
         for key, run_name, model_type, single in jobs:
             recipe_name = f"bench_{model_type}" if model_type else f"bench_single_{single}"
-            recipe = recipe_variant(
-                out, recipe_name, model_type, single, args.lr_scale, args.table_wise, args.model_options
-            )
+            recipe = recipe_variant(out, recipe_name, model_type, single, args)
             run_dir = out / run_name
             rows[key] = run_one(recipe, data, run_dir, args.epochs, args.threads, args.batch_size)
             if args.decompose:
@@ -512,7 +522,7 @@ def main() -> int:
             f"creatives={args.creatives})`, last day held out; {args.epochs} epoch(s), lr x{args.lr_scale}, "
             f"batch {args.batch_size or 'recipe'}, sharding "
             f"{'table_wise only' if args.table_wise else 'recipe (table_wise + data_parallel)'}, "
-            f"model options {args.model_options or 'default'}, "
+            f"model options {args.model_options or 'default'}, hazard head {args.hazard_head or 'recipe'}, "
             f"1 process, {args.threads} threads.\n"
         )
         text = header + "\n" + table(rows) + "\n\n" + diagnostics(rows)

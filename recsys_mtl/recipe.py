@@ -143,6 +143,11 @@ class TaskSpec(_Strict):
     loss_weight: float = Field(default=1.0, ge=0)
     category: str | None = Field(default=None, description="Meta-category for HoME's hierarchy.")
     oracle: str | None = Field(default=None, description="Oracle column prefix; default oracle_<name>.")
+    trains_shared: bool = Field(
+        default=True,
+        description="False: the task's loss trains only its own tower and head; the embeddings, "
+        "bottom and experts it reads are trained by the other tasks (its tower input is detached).",
+    )
     # --- binary ---
     label: str | list[str] | None = None
     product_of: list[str] | None = None
@@ -164,6 +169,10 @@ class TaskSpec(_Strict):
         description="Column identifying one survival subject; rows sharing it share the survival "
         "label; default: data.item_column.",
     )
+    # How the L interval logits depend on the tower output h (recsys_mtl/models/heads.py):
+    # "shared" (choice, the default): phi_l = b_l + w.h + v_l.h with v_l starting at zero, a
+    # proportional-odds score plus per-interval deviations; "independent": phi_l = b_l + w_l.h.
+    hazard_head: Literal["shared", "independent"] | None = None
 
     @property
     def oracle_prefix(self) -> str:
@@ -178,6 +187,10 @@ class TaskSpec(_Strict):
         return [self.label] if isinstance(self.label, str) else list(self.label)
 
     @property
+    def hazard_head_form(self) -> str:
+        return self.hazard_head or "shared"
+
+    @property
     def num_intervals(self) -> int:
         assert self.grid is not None
         return len(self.grid) - 1
@@ -185,7 +198,8 @@ class TaskSpec(_Strict):
     @model_validator(mode="after")
     def _check_kind_fields(self) -> TaskSpec:
         if self.kind == "binary":
-            for f in ("grid", "interval_column", "event_column", "weight_column", "subject_column"):
+            hazard_only = ("grid", "interval_column", "event_column", "weight_column", "subject_column")
+            for f in (*hazard_only, "hazard_head"):
                 if getattr(self, f) is not None:
                     raise ValueError(f"`{f}` applies to hazard tasks, not to kind 'binary'")
             if self.label is None:
@@ -267,6 +281,7 @@ class DTRNOptions(_ModelBase):
         if v:
             raise ValueError("dtrn has no flat input to cross (each task builds its own); use 0")
         return v
+
     task_embedding_dim: int = Field(default=8, ge=1)
     attention_hidden: int = Field(default=32, ge=1)
     senet_reduction: int = Field(default=2, ge=1)

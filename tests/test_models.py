@@ -226,6 +226,54 @@ def test_cross_layers_are_refused_for_dtrn(recipe: Recipe) -> None:
         recipe_from_dict(d, "r.yaml")
 
 
+def _with_task_options(recipe: Recipe, model: str, **options: Any) -> Recipe:
+    d = small_recipe(recipe, MODELS[model]).to_dict()
+    for t in d["tasks"]:
+        if t["kind"] == "hazard":
+            t.update(options)
+    return recipe_from_dict(d)
+
+
+def test_shared_hazard_head_ranks_every_interval_alike_until_data_says_otherwise(recipe: Recipe) -> None:
+    """ "shared" (the default): phi_l = b_l + w.z + v_l.z with v_l = 0 at the start, so an interval no
+    label reaches keeps the covariate effect the trained ones learn; "independent" units do not."""
+    torch.manual_seed(0)
+    r = small_recipe(recipe, MODELS["mmoe"])
+    model = build_model(r)
+    b, _ = make_batch(r, 64)
+    logit = model(b.sparse, b.dense)["hazard_long_logit"].detach()
+    spread = logit - logit[:, :1]  # per row, interval l minus interval 0: only b_l - b_0 remains
+    assert torch.allclose(spread, spread[:1].expand_as(spread), atol=1e-6)
+    assert float(logit[:, 0].std()) > 0  # the shared score itself varies by row
+    indep = build_model(_with_task_options(recipe, "mmoe", hazard_head="independent"))
+    assert "hazard_long" not in indep.heads.scores
+    logit = indep(b.sparse, b.dense)["hazard_long_logit"].detach()
+    assert float((logit - logit[:, :1]).std(dim=0).max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["mmoe", "home"])
+def test_a_detached_task_trains_only_its_tower_and_head(recipe: Recipe, name: str) -> None:
+    r = _with_task_options(recipe, name, trains_shared=False)
+    torch.manual_seed(0)
+    model = build_model(r)
+    b, tg = make_batch(r, 64)
+    out = model(b.sparse, b.dense)
+    hazard = [t for t in r.tasks if t.kind == "hazard"]
+    sum(
+        hazard_nll(out[t.name + "_logit"], tg.labels[t.name], tg.events[t.name], tg.weights[t.name])
+        for t in hazard
+    ).backward()
+    own = ("towers.hazard_", "heads.heads.hazard_", "heads.scores.hazard_")
+    for p_name, p in model.named_parameters():
+        got = p.grad is not None and float(p.grad.abs().sum()) > 0
+        assert got == p_name.startswith(own), p_name
+    # the engagement tasks still train everything they read
+    model.zero_grad()
+    out = model(b.sparse, b.dense)
+    weighted_bce_with_logits(out["ctr_logit"], tg.labels["ctr"], tg.weights["ctr"]).backward()
+    assert model.sparse_arch.ebc.embedding_bags["creative"].weight.grad is not None
+
+
 def _home_visible(expert: str, node: str, category_of: dict[str, str]) -> bool:
     """Which experts a HoME gate may use, written from the paper's hierarchy (not the code's masks)."""
     level, _, kind = node.partition("/")

@@ -65,6 +65,8 @@ BAD = [
     ("tasks.2.product_of", ["ctr", "nope"], "task 'ctcvr': product_of names unknown task 'nope'"),
     ("tasks.0.loss_weight", -1, "tasks.0.loss_weight: Input should be greater than or equal to 0"),
     ("tasks.0.grid", [0, 1], "tasks.0: `grid` applies to hazard tasks"),
+    ("tasks.0.hazard_head", "shared", "tasks.0: `hazard_head` applies to hazard tasks"),
+    ("tasks.3.hazard_head", "free", "tasks.3.hazard_head: Input should be 'shared' or 'independent'"),
     ("model.type", "transformer", "model: Input tag 'transformer' found using 'type' does not match"),
     ("model.num_levels", 2, "model.home.num_levels: Extra inputs are not permitted"),
     ("training.batch_size", 0, "training.batch_size: Input should be greater than or equal to 1"),

@@ -65,6 +65,7 @@ class MultiTaskModel(nn.Module):
         heads: TaskHeads,
         head_tasks: list[str],
         model_type: str,
+        detached: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.sparse_arch = sparse_arch
@@ -74,6 +75,8 @@ class MultiTaskModel(nn.Module):
         self.towers = towers
         self.heads = heads
         self.head_tasks: list[str] = list(head_tasks)
+        # tasks whose loss stops at their tower (recipe `trains_shared: false`)
+        self.detached: list[str] = list(detached or [])
         self.model_type: str = model_type
 
     # metadata for diagnostics (plain Python, never part of the traced graph)
@@ -99,7 +102,9 @@ class MultiTaskModel(nn.Module):
             reprs, gates, experts = self.backbone(x)
         else:
             reprs, gates, experts = self.backbone(fields, sequences, masks, dense)
-        towers: dict[str, torch.Tensor] = {t: self.towers[t](reprs[t]) for t in self.head_tasks}
+        towers: dict[str, torch.Tensor] = {}
+        for t in self.head_tasks:  # a build-time list: FX unrolls it, TorchScript sees no branch
+            towers[t] = self.towers[t](reprs[t].detach() if t in self.detached else reprs[t])
         return self.heads(towers), gates, experts
 
 
@@ -175,4 +180,5 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     out_dims: dict[str, int] = backbone.out_dims  # type: ignore[assignment]
     towers = nn.ModuleDict({t: MLP(out_dims[t], list(opts.tower_hidden), opts.dropout) for t in names})
     heads = TaskHeads(list(recipe.tasks), {t: towers[t].out_dim for t in names})
-    return MultiTaskModel(arch, bottom, backbone, towers, heads, names, opts.type)
+    detached = [t.name for t in heads_tasks if not t.trains_shared]
+    return MultiTaskModel(arch, bottom, backbone, towers, heads, names, opts.type, detached)
