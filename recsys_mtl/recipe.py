@@ -274,14 +274,6 @@ class HoMEOptions(_ModelBase):
 
 class DTRNOptions(_ModelBase):
     type: Literal["dtrn"] = "dtrn"
-
-    @field_validator("cross_layers")
-    @classmethod
-    def _no_cross(cls, v: int) -> int:
-        if v:
-            raise ValueError("dtrn has no flat input to cross (each task builds its own); use 0")
-        return v
-
     task_embedding_dim: int = Field(default=8, ge=1)
     attention_hidden: int = Field(default=32, ge=1)
     senet_reduction: int = Field(default=2, ge=1)
@@ -293,6 +285,13 @@ class DTRNOptions(_ModelBase):
     with_mmoe: bool = False
     num_experts: int = Field(default=4, ge=1)
     expert_hidden: list[int] = Field(default_factory=lambda: [128, 64])
+
+    @field_validator("cross_layers")
+    @classmethod
+    def _no_cross(cls, v: int) -> int:
+        if v:
+            raise ValueError("dtrn has no flat input to cross (each task builds its own); use 0")
+        return v
 
 
 ModelSpec = Annotated[
