@@ -474,7 +474,7 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     window, window_steps = {}, 0
                     rate = (step - first_step) * bs * ctx.world_size / train_seconds()
                     postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(postfix, refresh=False)  # the bar redraws at its own pace
                 bar.update(1)
                 if step % every == 0 and step < total_steps:
                     save_training_checkpoint(
@@ -484,7 +484,7 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
                     if early.after_epoch(model, step // steps_per_epoch, step, ctx):
                         stopped, total_steps = True, step  # ends both loops
                     postfix["val"] = f"{early.history[-1]['score']:.4f}"
-                    bar.set_postfix(postfix)
+                    bar.set_postfix(postfix, refresh=False)
         if early is not None:
             early.restore_best(model, step // steps_per_epoch if step % steps_per_epoch == 0 else -1, ctx)
     finally:
