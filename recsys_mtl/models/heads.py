@@ -14,6 +14,8 @@
   a gradient. Independent units then keep their random initial slopes, and the risk 1 - S(t_L),
   which sums over all intervals, is partly noise. With a shared score every interval carries the
   covariate effect learned where labels exist, and v_l moves only where data says it should.
+  (Measured on synthetic data: +0.1 hazard C-index lift over "independent", within the
+  evaluation's noise; docs/QUALITY_INVESTIGATION.md.)
 - product task (``product_of``, ESMM, Ma et al. SIGIR 2018: pCTCVR = pCTR * pCVR): ``t`` [B] is
   the product of its tasks' probabilities. It has no logit of its own; the loss works from its
   factors' logits in log space.
