@@ -1,6 +1,7 @@
 """Ranking, calibration and survival metrics, vectorised over numpy arrays.
 
-- AUC: Mann-Whitney with average ranks for ties (equals scikit-learn's roc_auc_score).
+- AUC: Mann-Whitney with average ranks for ties (equals scikit-learn's roc_auc_score); the
+  expected AUC under Bernoulli(p) labels, for ranking against known true probabilities.
 - GAUC: AUC per group (user) weighted by the group's rows; groups with one class are skipped
   (METHODS.md, Metrics).
 - logloss, ECE (equal-width bins, weighted by bin size) and the predicted/observed ratio.
@@ -52,6 +53,30 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
     a, _ = grouped_auc(score, label, np.zeros(len(score), np.int64))
     return float(a[0]) if len(a) else float("nan")
+
+
+def expected_auc(score: np.ndarray, prob: np.ndarray) -> float:
+    """The AUC of `score` when each row's label is Bernoulli(prob) (ratio of expectations).
+
+    Pairs (i, j), i != j, count with weight p_i (1 - p_j): concordant when score_i > score_j,
+    one half when tied. With 0/1 `prob` it is the ordinary AUC. With the true probabilities (the
+    `oracle_*` columns of synthetic data) it measures the ranking against the truth itself rather
+    than against one draw of the labels, so it does not carry the label noise that makes AUC on
+    a few positives (CVR: tens of conversions on a day) too noisy to compare models.
+    """
+    s = np.asarray(score, dtype=np.float64)
+    p = np.clip(np.asarray(prob, dtype=np.float64), 0.0, 1.0)
+    if len(s) < 2:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    s, p = s[order], p[order]
+    q = 1.0 - p
+    run = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1  # tie groups, ascending score
+    pos, neg, self_pairs = np.bincount(run, p), np.bincount(run, q), np.bincount(run, p * q)
+    neg_below = np.cumsum(neg) - neg
+    concordant = (pos * neg_below).sum() + 0.5 * (pos * neg - self_pairs).sum()
+    total = p.sum() * q.sum() - (p * q).sum()
+    return float(concordant / total) if total > 0 else float("nan")
 
 
 def gauc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> float:

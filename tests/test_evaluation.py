@@ -28,6 +28,7 @@ from recsys_mtl.evaluation import (
 from recsys_mtl.metrics import (
     brier_scores,
     c_index,
+    expected_auc,
     integrated_brier_score,
     kaplan_meier,
     survival_from_hazard,
@@ -37,7 +38,10 @@ from recsys_mtl.recipe import Recipe, RecipeError, recipe_from_dict
 from recsys_mtl.synth import SynthConfig, generate
 
 BINARY_KEYS = {"auc", "gauc", "logloss", "ece", "pred_obs_ratio", "rows"}
-BINARY_ORACLE_KEYS = {"oracle_auc", "oracle_gauc", "oracle_logloss", "oracle_lift"}
+BINARY_ORACLE_KEYS = {
+    *("oracle_auc", "oracle_gauc", "oracle_logloss", "oracle_lift"),
+    *("expected_auc", "oracle_expected_auc", "expected_lift"),
+}
 HAZARD_KEYS = {"c_index", "creatives", "events", "ibs", "calibration"}
 HAZARD_ORACLE_KEYS = {"oracle_c_index", "oracle_lift", "oracle_ibs"}
 
@@ -106,6 +110,41 @@ def test_binary_metrics_match_sklearn_and_hand_gauc(recipe: Recipe) -> None:
     assert m["oracle_auc"] == pytest.approx(roc_auc_score(y, p.oracle["ctr"]), abs=1e-12)
     assert m["oracle_lift"] == pytest.approx((m["auc"] - 0.5) / (m["oracle_auc"] - 0.5), abs=1e-12)
     assert 0 < m["oracle_lift"] < 1
+
+
+def test_expected_auc_against_true_probabilities() -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    score = np.round(rng.random(n), 2)  # with ties
+    prob = rng.beta(0.5, 3.0, n)
+    # brute force over all ordered pairs i != j, weight p_i (1 - p_j)
+    w = prob[:, None] * (1 - prob[None, :])
+    np.fill_diagonal(w, 0.0)
+    win = (score[:, None] > score[None, :]) + 0.5 * (score[:, None] == score[None, :])
+    assert expected_auc(score, prob) == pytest.approx(float((w * win).sum() / w.sum()), abs=1e-12)
+    # 0/1 probabilities: the ordinary AUC
+    y = (rng.random(n) < 0.3).astype(np.float64)
+    assert expected_auc(score, y) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    # the mean AUC over label draws converges to it (ratio of expectations: close, not equal)
+    draws = [roc_auc_score(rng.random(n) < prob, score) for _ in range(2000)]
+    assert float(np.mean(draws)) == pytest.approx(expected_auc(score, prob), abs=0.005)
+    # the truth ranks itself best; a reversed ranking mirrors it around one half
+    best = expected_auc(prob, prob)
+    assert best > expected_auc(score, prob)
+    assert expected_auc(-prob, prob) == pytest.approx(1 - best, abs=1e-12)
+
+
+def test_expected_lift_is_reported_where_the_oracle_is(recipe: Recipe) -> None:
+    p = hand_predictions(recipe)
+    m = compute_metrics(recipe, p)["tasks"]["ctr"]
+    o = p.oracle["ctr"].astype(np.float64)
+    assert m["expected_auc"] == pytest.approx(expected_auc(p.scores["ctr"], o), abs=1e-12)
+    assert m["oracle_expected_auc"] == pytest.approx(expected_auc(o, o), abs=1e-12)
+    lift = (m["expected_auc"] - 0.5) / (m["oracle_expected_auc"] - 0.5)
+    assert m["expected_lift"] == pytest.approx(lift, abs=1e-12)
+    assert (
+        "expected_auc" not in compute_metrics(recipe, hand_predictions(recipe, oracle=False))["tasks"]["ctr"]
+    )
 
 
 def test_cvr_is_evaluated_on_clicked_rows_only(recipe: Recipe) -> None:
