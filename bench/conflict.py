@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,8 +75,6 @@ QUICK_RHOS = [0.9, -0.5]
 
 def reevaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     """`recsys-mtl evaluate` of a finished run on its held-out days, with the current metric code."""
-    import subprocess
-
     info = json.loads((run_dir / "run.json").read_text())
     days = info["data"]["eval_days"]
     out = run_dir / "metrics.json"
@@ -207,18 +206,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 task_lifts(per["runs"][m]["metrics"])[task] if m in per["runs"] else None
                 for per in results["rhos"].values()
             ]
-            ax.plot(rhos, [np.nan if y is None else y for y in ys], marker="o", label=m)
-        ax.axhline(0.0, color="grey", lw=0.6)
-        ax.set_title(f"{task} oracle-lift")
-        if task == "cvr":  # dashed: against the true probabilities (no label noise)
-            for i, m in enumerate(models):
-                ys = [
+            (line,) = ax.plot(rhos, [np.nan if y is None else y for y in ys], marker="o", label=m)
+            if task == "cvr":  # dashed, same colour: against the true probabilities (no label noise)
+                truth = [
                     expected_lift(per["runs"][m]["metrics"], "cvr") if m in per["runs"] else None
                     for per in results["rhos"].values()
                 ]
-                if any(y is not None for y in ys):
-                    color = ax.lines[i].get_color()
-                    ax.plot(rhos, [np.nan if y is None else y for y in ys], ls="--", color=color, lw=1)
+                if any(y is not None for y in truth):
+                    ys = [np.nan if y is None else y for y in truth]
+                    ax.plot(rhos, ys, ls="--", color=line.get_color(), lw=1)
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(f"{task} oracle-lift")
         if task == "cvr":  # the held-out day's few conversions: +-1 standard error bars at 0
             se = [per.get("cvr_lift_se") or np.nan for per in results["rhos"].values()]
             ax.errorbar(rhos, [0.0] * len(rhos), yerr=se, fmt="none", ecolor="grey", capsize=4, lw=1)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_mtl.evaluation import evaluation_reader, predict
+from recsys_mtl.evaluation import evaluation_reader, oracle_lift, predict
 from recsys_mtl.metrics import expected_auc
 from recsys_mtl.run import load_run
 
 
 def truth_lift(score: np.ndarray, truth: np.ndarray) -> float:
-    return (expected_auc(score, truth) - 0.5) / (expected_auc(truth, truth) - 0.5)
+    """`expected_lift` of metrics.json, on whichever rows are given."""
+    return oracle_lift(expected_auc(score, truth), expected_auc(truth, truth))
 
 
 def main() -> int:

@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 
+from recsys_mtl.dataset import list_partitions
+from recsys_mtl.evaluation import oracle_lift
 from recsys_mtl.metrics import c_index
 from recsys_mtl.recipe import TaskSpec, load_recipe
 from recsys_mtl.targets import censor_at_cutoff
@@ -38,11 +40,11 @@ COVARIATES = ["log age", "age < 3 days", "log impressions", "observed CTR"]
 SETS = [[0], [0, 1], [2], [3], [0, 1, 2, 3]]
 
 
-def subjects(path: Path, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def subjects(files: list[Path], task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(covariates [S, 4], interval [S], event [S], oracle hazards [S, L]) of one day's subjects."""
     assert task.interval_column and task.event_column and task.subject_column
     cols = [task.subject_column, "creative_age_days", task.interval_column, task.event_column, "click"]
-    t = pq.read_table(path, columns=[*cols, task.oracle_prefix])
+    t = pq.ParquetDataset(files).read(columns=[*cols, task.oracle_prefix])
     _, first, inv = np.unique(t[task.subject_column].to_numpy(), return_index=True, return_inverse=True)
     n = np.bincount(inv).astype(np.float64)
     clicks = np.bincount(inv, weights=t["click"].to_numpy().astype(np.float64))
@@ -55,13 +57,13 @@ def subjects(path: Path, task: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def person_periods(
-    days: list[Path], task: TaskSpec, cutoff: dt.date
+    days: dict[dt.date, list[Path]], task: TaskSpec, cutoff: dt.date
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(covariates, interval index, stopped) rows of the training days, censored at `cutoff`."""
     xs, js, ys = [], [], []
-    for path in days:
-        x, k, e, _ = subjects(path, task)
-        observable = (cutoff - dt.date.fromisoformat(path.name.removeprefix("dt="))).days + 1
+    for day, files in days.items():
+        x, k, e, _ = subjects(files, task)
+        observable = (cutoff - day).days + 1
         k, e, seen = censor_at_cutoff(task, k, e, np.full(len(k), observable, dtype=np.float64))
         x, k, e = x[seen], k[seen], e[seen]
         for j in range(int(k.max()) + 1 if len(k) else 0):
@@ -79,28 +81,29 @@ def main() -> int:
     ap.add_argument("--recipe", type=Path, default=ROOT / "configs" / "ads_ranker.yaml")
     args = ap.parse_args()
     recipe = load_recipe(args.recipe)
-    days = sorted(p for p in args.data.iterdir() if p.name.startswith("dt="))
+    days = list_partitions(args.data, partition=recipe.data.partition)
     if len(days) < 2:
         raise SystemExit(f"{args.data}: need at least two day partitions (train days + a held-out day)")
-    train, held = days[:-1], days[-1]
-    cutoff = dt.date.fromisoformat(train[-1].name.removeprefix("dt="))
+    *train_days, held = sorted(days)
+    train = {d: days[d] for d in train_days}
+    cutoff = train_days[-1]
     names = args.task or [t.name for t in recipe.tasks if t.kind == "hazard"]
     for name in names:
         task = recipe.task(name)
         task = task.model_copy(update={"subject_column": recipe.subject_column(task)})
         x, j, y = person_periods(train, task, cutoff)
-        xh, kh, eh, oh = subjects(held, task)
+        xh, kh, eh, oh = subjects(days[held], task)
         o_c = c_index(kh, eh, 1.0 - np.prod(1.0 - oh, axis=1))
         print(
             f"{name}: {len(y):,} training person-periods with {int(y.sum()):,} stops; held-out "
-            f"{held.name}: {len(kh):,} subjects, {int(eh.sum()):,} events, oracle C {o_c:.3f}"
+            f"{held}: {len(kh):,} subjects, {int(eh.sum()):,} events, oracle C {o_c:.3f}"
         )
         onehot = np.eye(task.num_intervals)[np.minimum(j, task.num_intervals - 1)]
         for cols in SETS:
             fit = LogisticRegression(C=10.0, max_iter=2000).fit(np.column_stack([onehot, x[:, cols]]), y)
             coef = fit.coef_[0, task.num_intervals :]
             c = c_index(kh, eh, xh[:, cols] @ coef)  # proportional odds: the score ranks the risk
-            lift = (c - 0.5) / (o_c - 0.5)
+            lift = oracle_lift(c, o_c)
             label = ", ".join(COVARIATES[i] for i in cols)
             print(f"  {label:55s} C {c:.3f}  lift {lift:5.2f}  coefficients {np.round(coef, 3).tolist()}")
     return 0
