@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from recsys_mtl.cli import main
@@ -147,6 +148,32 @@ def test_feature_ranges(small: tuple[Path, pa.Table]) -> None:
     assert 0.002 < t["user_activity"].null_count / t.num_rows < 0.03  # ~1% missing
     assert pc.min(t["creative_age_days"]).as_py() >= 0 and pc.min(t["bid_price"]).as_py() > 0
     assert pc.max(t["creative_id"]).as_py() < SMALL.creatives
+
+
+def test_creative_statistics_come_from_earlier_days_only(small: tuple[Path, pa.Table]) -> None:
+    """Each row's creative_daily_impressions / creative_ctr_to_date equal a brute-force count over the
+    creative's rows on the days before the row's (no look-ahead), and carry what the true hazard
+    depends on: a heavily shown or low-CTR creative is riskier."""
+    _, t = small
+    day = _day_index(t)
+    creative, click = t["creative_id"].to_numpy(), t["click"].to_numpy().astype(np.float64)
+    imps, ctr = t["creative_daily_impressions"].to_numpy(), t["creative_ctr_to_date"].to_numpy()
+    n = SMALL.creatives
+    days = range(SMALL.days)
+    per_day = np.stack([np.bincount(creative[day == d], minlength=n) for d in days])
+    clicks = np.stack([np.bincount(creative[day == d], click[day == d], minlength=n) for d in days])
+    for d in range(SMALL.days):
+        seen, shown = per_day[:d].sum(0), (per_day[:d] > 0).sum(0)
+        want_imps = np.where(shown > 0, seen / np.maximum(shown, 1), 0.0)
+        want_ctr = (clicks[:d].sum(0) + 100.0 * SMALL.ctr) / (seen + 100.0)
+        rows = day == d
+        np.testing.assert_allclose(imps[rows], want_imps[creative[rows]], rtol=1e-6)
+        np.testing.assert_allclose(ctr[rows], want_ctr[creative[rows]], rtol=1e-6)
+    assert not imps[day == 0].any() and np.allclose(ctr[day == 0], SMALL.ctr)  # no history yet
+    last = day == SMALL.days - 1
+    risk = t["oracle_risk_short"].to_numpy()[last]
+    assert spearmanr(imps[last], risk).statistic > 0.3
+    assert spearmanr(ctr[last], risk).statistic < -0.2
 
 
 def test_oracle_ctr_is_informative_and_calibrated(small: tuple[Path, pa.Table]) -> None:

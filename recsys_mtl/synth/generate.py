@@ -11,6 +11,12 @@ How a run goes:
 3. pass 2: draw each chunk in full (the core again, from the same RNG stream, so it is identical to
    pass 1's; then conversions, features, sequences, labels, oracles) and stream it to Parquet.
 
+Creative statistics (`CreativeStats`): each row carries its creative's mean impressions per day and
+its smoothed CTR over the days *before* the row's day, as an ads system's daily statistics job would
+serve them: no look-ahead, so they are legitimate features at serving time. They are what lets a
+model predict the discontinuation hazard of a creative it has not seen stop (the true hazard rises
+with exposure and falls with CTR quality), instead of memorising stop times through the creative id.
+
 Survival labels belong to a subject, one creative on one day (`lifetimes.py`): every row of creative
 i on day d carries the subject id ``hazard_subject = i * SUBJECT_DAY_STRIDE + d`` (unique for any
 vocabulary, `world.SUBJECT_DAY_STRIDE`), the residual-lifetime labels from the start of day d and the
@@ -98,6 +104,8 @@ SCHEMA = pa.schema(
         ("format", pa.string()),
         ("creative_age_days", pa.float32()),
         ("bid_price", pa.float32()),
+        ("creative_daily_impressions", pa.float32()),  # `CreativeStats`: before this day only
+        ("creative_ctr_to_date", pa.float32()),
         ("position", pa.int64()),
         ("hour", pa.int64()),
         ("device", pa.string()),
@@ -258,6 +266,7 @@ class Counts:
     clicks: np.ndarray
     shown: list[np.ndarray]  # int32 where the ids fit
     subject_rows: list[np.ndarray]  # int32 where the counts fit
+    subject_clicks: list[np.ndarray]  # the clicks of the same subjects, same type
 
     def rows_on_day(self, day: int, n_creatives: int) -> np.ndarray:
         """Rows of each creative's subject on day `day` (int64, indexed by creative id; 0: none)."""
@@ -273,6 +282,7 @@ def count_impressions(world: World, life: Lifetimes, cfg: SynthConfig) -> Counts
     clicks = np.zeros(world.n_creatives, dtype=np.int64)
     shown: list[np.ndarray] = []
     subject_rows: list[np.ndarray] = []
+    subject_clicks: list[np.ndarray] = []
     # the per-day lists are what grows with days x creatives: half the memory in int32
     int32_max = np.iinfo(np.int32).max
     id_type = np.int32 if world.n_creatives <= int32_max else np.int64
@@ -280,15 +290,60 @@ def count_impressions(world: World, life: Lifetimes, cfg: SynthConfig) -> Counts
     for day in range(cfg.days):
         plan = day_plan(world, life, day)
         on_day = np.zeros(world.n_creatives, dtype=np.int64)
+        clicks_on_day = np.zeros(world.n_creatives, dtype=np.int64)
         for chunk, n in enumerate(chunk_sizes(cfg, day)):
             core = draw_core(world, plan, chunk_rng(cfg, day, chunk, CORE_STREAM), n)
             on_day += np.bincount(core.creative, minlength=world.n_creatives)
-            clicks += np.bincount(core.creative[core.click], minlength=world.n_creatives)
+            clicks_on_day += np.bincount(core.creative[core.click], minlength=world.n_creatives)
         impressions += on_day
+        clicks += clicks_on_day
         ids = np.flatnonzero(on_day)
         shown.append(ids.astype(id_type))
         subject_rows.append(on_day[ids].astype(row_type))
-    return Counts(impressions, clicks, shown, subject_rows)
+        subject_clicks.append(clicks_on_day[ids].astype(row_type))
+    return Counts(impressions, clicks, shown, subject_rows, subject_clicks)
+
+
+# prior weight (in impressions) of the smoothed CTR: a creative's first hundred impressions move
+# its `creative_ctr_to_date` about half way from the dataset's target CTR to its own
+CTR_PRIOR_IMPRESSIONS = 100.0
+
+
+@dataclass
+class CreativeStats:
+    """Each creative's statistics over the days before the current one (float64 arrays indexed by
+    creative id), advanced a day at a time by `advance`:
+
+    - ``daily_impressions``: mean impressions per day over the earlier days it was shown; 0 before
+      its first day (a new creative, or any creative on the data's first day: the window has no
+      earlier history);
+    - ``ctr_to_date``: ``(clicks + m * ctr) / (impressions + m)`` over those days, the dataset's
+      target CTR ``ctr`` before any impression, ``m = CTR_PRIOR_IMPRESSIONS``.
+    """
+
+    impressions: np.ndarray
+    clicks: np.ndarray
+    days_shown: np.ndarray
+    prior_ctr: float
+
+    @classmethod
+    def empty(cls, n_creatives: int, prior_ctr: float) -> CreativeStats:
+        zeros = np.zeros(n_creatives, dtype=np.float64)
+        return cls(zeros, zeros.copy(), zeros.copy(), prior_ctr)
+
+    def daily_impressions(self) -> np.ndarray:
+        return np.where(self.days_shown > 0, self.impressions / np.maximum(self.days_shown, 1.0), 0.0)
+
+    def ctr_to_date(self) -> np.ndarray:
+        m = CTR_PRIOR_IMPRESSIONS
+        return (self.clicks + m * self.prior_ctr) / (self.impressions + m)
+
+    def advance(self, counts: Counts, day: int) -> None:
+        """Add day `day`'s impressions and clicks (pass 1's counts)."""
+        ids = counts.shown[day]
+        self.impressions[ids] += counts.subject_rows[day]
+        self.clicks[ids] += counts.subject_clicks[day]
+        self.days_shown[ids] += 1.0
 
 
 def subject_weights(counts: Counts, subject_weight: np.ndarray, day: int) -> np.ndarray:
@@ -315,10 +370,17 @@ def _fixed_lists(matrix: np.ndarray) -> pa.Array:
 
 
 def chunk_table(
-    world: World, life: Lifetimes, row_weight: np.ndarray, plan: DayPlan, cfg: SynthConfig, chunk: int, n: int
+    world: World,
+    life: Lifetimes,
+    row_weight: np.ndarray,
+    stats: CreativeStats,
+    plan: DayPlan,
+    cfg: SynthConfig,
+    chunk: int,
+    n: int,
 ) -> pa.Table:
     """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with `SCHEMA`.
-    `row_weight` is `subject_weights` of the day."""
+    `row_weight` is `subject_weights` of the day, `stats` the creatives' statistics before it."""
     day = plan.day
     core = draw_core(world, plan, chunk_rng(cfg, day, chunk, CORE_STREAM), n)
     rng = chunk_rng(cfg, day, chunk, REST_STREAM)
@@ -348,6 +410,8 @@ def chunk_table(
         _FORMAT_VALUES.take(pa.array(world.creative_format[i])),
         pa.array(core.age_days.astype(np.float32)),
         pa.array(bid.astype(np.float32)),
+        pa.array(stats.daily_impressions()[i].astype(np.float32)),
+        pa.array(stats.ctr_to_date()[i].astype(np.float32)),
         pa.array(core.position),
         pa.array(core.hour),
         _DEVICE_VALUES.take(pa.array(core.device)),
@@ -496,6 +560,7 @@ def _write_days(
         disable=not progress or not sys.stderr.isatty(),
     )
     pipeline = _Pipeline()
+    stats = CreativeStats.empty(world.n_creatives, cfg.ctr)
     try:
         for day, date in _dates(cfg):
             day_dir = root / f"dt={date}"
@@ -506,13 +571,14 @@ def _write_days(
             writers.append(writer)
             sizes = chunk_sizes(cfg, day)
             for chunk, n in enumerate(sizes):
-                table = chunk_table(world, life, row_weight, plan, cfg, chunk, n)
+                table = chunk_table(world, life, row_weight, stats, plan, cfg, chunk, n)
                 n_click += int(np.count_nonzero(table["click"].to_numpy()))
                 n_conv += int(np.count_nonzero(table["conversion"].to_numpy()))
                 # the day's last chunk closes its file in the same job, so the next day's drawing
                 # overlaps with both
                 pipeline.submit(writer.write, table, chunk == len(sizes) - 1)
                 bar.update(n)
+            stats.advance(counts, day)
     finally:
         pipeline.close()
         bar.close()
