@@ -21,7 +21,11 @@ The two steps are kept apart on purpose:
    hazard task   per survival subject (see below): c_index (Harrell's, risk = 1 - S(horizon) of the
                  task's grid), ibs (integrated Brier score), creatives, events, calibration
                  (mean predicted survival vs the Kaplan-Meier curve at each interval end), and
-                 oracle_c_index, oracle_lift = (c - 0.5) / (oracle_c - 0.5), oracle_ibs.
+                 oracle_c_index, oracle_lift = (c - 0.5) / (oracle_c - 0.5), oracle_ibs; and
+                 expected_auc, oracle_expected_auc, expected_lift: the AUC of the risk for "stops
+                 within the grid's horizon" against the true probability of that (the oracle's
+                 risk), free of the event draws and of censoring, which make one day's C-index
+                 carry +-0.1 of lift at a few hundred events.
 
    Oracle keys exist only where the data has the task's oracle column (real data has none: the
    keys are absent, not null). Undefined values (one class only, no rows) are null, never NaN.
@@ -386,6 +390,9 @@ def _hazard_metrics(task: TaskSpec, preds: Predictions) -> dict[str, Any]:
         o_risk = 1.0 - o_surv[:, -1] if len(o_surv) else np.zeros(0)
         res["oracle_c_index"] = c_index(c.interval, c.event, o_risk)
         res["oracle_lift"] = oracle_lift(res["c_index"], res["oracle_c_index"])
+        res["expected_auc"] = expected_auc(risk, o_risk)
+        res["oracle_expected_auc"] = expected_auc(o_risk, o_risk)
+        res["expected_lift"] = oracle_lift(res["expected_auc"], res["oracle_expected_auc"])
     res["creatives"] = len(c.interval)
     res["events"] = int(c.event.sum())
     empty = len(c.interval) == 0
@@ -496,24 +503,26 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     if binary:
         lines.append(
             f"{'task':<14} {'rows':>10} {'AUC':>7} {'GAUC':>7} {'logloss':>8} {'ECE':>7} "
-            f"{'pred/obs':>8} {'oracleAUC':>9} {'lift':>6}"
+            f"{'pred/obs':>8} {'oracleAUC':>9} {'lift':>6} {'vs truth':>8}"
         )
         for n, r in binary.items():
             lines.append(
                 f"{n:<14} {r['rows']:>10,} {_fmt(r['auc']):>7} {_fmt(r.get('gauc')):>7} "
                 f"{_fmt(r['logloss']):>8} {_fmt(r['ece']):>7} {_fmt(r['pred_obs_ratio'], '.3f'):>8} "
-                f"{_fmt(r.get('oracle_auc')):>9} {_fmt(r.get('oracle_lift'), '.2f'):>6}"
+                f"{_fmt(r.get('oracle_auc')):>9} {_fmt(r.get('oracle_lift'), '.2f'):>6} "
+                f"{_fmt(r.get('expected_lift'), '.2f'):>8}"
             )
     if hazard:
         lines.append(
             f"{'task':<14} {'creatives':>10} {'events':>7} {'C-index':>7} {'IBS':>7} {'S err':>8} "
-            f"{'oracle C':>8} {'lift':>6}"
+            f"{'oracle C':>8} {'lift':>6} {'vs truth':>8}"
         )
         for n, r in hazard.items():
             lines.append(
                 f"{n:<14} {r['creatives']:>10,} {r['events']:>7,} {_fmt(r['c_index']):>7} "
                 f"{_fmt(r['ibs']):>7} {_fmt(r['calibration']['max_abs_error']):>8} "
-                f"{_fmt(r.get('oracle_c_index')):>8} {_fmt(r.get('oracle_lift'), '.2f'):>6}"
+                f"{_fmt(r.get('oracle_c_index')):>8} {_fmt(r.get('oracle_lift'), '.2f'):>6} "
+                f"{_fmt(r.get('expected_lift'), '.2f'):>8}"
             )
     zero = metrics.get("experts", {}).get("zero_share", {})
     if zero:
