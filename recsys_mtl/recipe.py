@@ -148,6 +148,19 @@ class TaskSpec(_Strict):
         description="False: the task's loss trains only its own tower and head; the embeddings, "
         "bottom and experts it reads are trained by the other tasks (its tower input is detached).",
     )
+    tower_features: list[str] = Field(
+        default_factory=list,
+        description="Dense features fed straight into this task's tower beside the backbone's "
+        "output (a side input): with trains_shared false, a task that must generalise from a few "
+        "statistics (a hazard from the creative's exposure and CTR so far) reads them directly "
+        "instead of through ids it could memorise.",
+    )
+    reads_backbone: bool = Field(
+        default=True,
+        description="False: the task's tower reads only its tower_features, not the shared "
+        "representation (a small model of its own inside the artifact; no gradient to the shared "
+        "layers either, and the backbone builds no gate or experts for it). Needs tower_features.",
+    )
     # --- binary ---
     label: str | list[str] | None = None
     product_of: list[str] | None = None
@@ -447,7 +460,20 @@ class Recipe(_Strict):
             if first.vocabulary != f.vocabulary:
                 raise ValueError(f"features sharing table '{f.table_name}' must share `vocabulary`")
         names = {t.name for t in self.tasks}
+        dense = {f.name for f in self.dense_features}
         for t in self.tasks:
+            for name in t.tower_features:
+                if name not in dense:
+                    raise ValueError(
+                        f"task '{t.name}': tower_features names '{name}', which is not a dense feature "
+                        f"of the recipe (dense: {sorted(dense)})"
+                    )
+            if t.tower_features and t.product_of:
+                raise ValueError(f"task '{t.name}': a product_of task has no tower for tower_features")
+            if not t.reads_backbone and not t.tower_features:
+                raise ValueError(f"task '{t.name}': reads_backbone false needs tower_features to read")
+            if len(set(t.tower_features)) != len(t.tower_features):
+                raise ValueError(f"task '{t.name}': tower_features lists a feature twice")
             for dep in t.product_of or []:
                 if dep not in names or dep == t.name:
                     raise ValueError(f"task '{t.name}': product_of names unknown task '{dep}'")
@@ -455,6 +481,8 @@ class Recipe(_Strict):
                     raise ValueError(f"task '{t.name}': product_of '{dep}' must be a binary task with a head")
         if not any(not t.product_of for t in self.tasks):
             raise ValueError("at least one task must have a head of its own (no product_of)")
+        if not any(t.reads_backbone for t in self.tasks if not t.product_of):
+            raise ValueError("at least one task must read the backbone (reads_backbone: true)")
         return self
 
     # ---- convenience views ----

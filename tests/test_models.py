@@ -68,12 +68,21 @@ MODELS: dict[str, dict[str, Any]] = {
 MOE_MODELS = ["mmoe", "ple", "home", "dtrn_mmoe", "mmoe_cross"]
 
 
-def small_recipe(recipe: Recipe, model: dict[str, Any], tasks: list[str] | None = None) -> Recipe:
-    """The shipped recipe with small tables and the given model (and optionally a task subset)."""
+def small_recipe(
+    recipe: Recipe, model: dict[str, Any], tasks: list[str] | None = None, hazards_read_backbone: bool = True
+) -> Recipe:
+    """The shipped recipe with small tables and the given model (and optionally a task subset).
+    The backbone tests need every task on the backbone, so by default the hazard tasks read it
+    (the shipped form, hazards on creative statistics only, is tested where named)."""
     d = recipe.to_dict()
     for f in d["features"]:
         if f.get("hash_size"):
             f["hash_size"] = min(f["hash_size"], 97)
+    if hazards_read_backbone:
+        for t in d["tasks"]:
+            if t["kind"] == "hazard":
+                t.pop("reads_backbone", None)
+                t.pop("tower_features", None)
     if tasks is not None:
         d["tasks"] = [t for t in d["tasks"] if t["name"] in tasks]
     d["model"] = model
@@ -272,6 +281,105 @@ def test_a_detached_task_trains_only_its_tower_and_head(recipe: Recipe, name: st
     out = model(b.sparse, b.dense)
     weighted_bce_with_logits(out["ctr_logit"], tg.labels["ctr"], tg.weights["ctr"]).backward()
     assert model.sparse_arch.ebc.embedding_bags["creative"].weight.grad is not None
+
+
+HAZARD_OWN = ("towers.hazard_", "heads.heads.hazard_", "heads.scores.hazard_")
+
+
+def _only_hazard_parts_get_gradient(model: MultiTaskModel) -> None:
+    """After a backward of the hazard losses alone: exactly the hazard towers and heads have grads."""
+    for p_name, p in model.named_parameters():
+        got = p.grad is not None and float(p.grad.abs().sum()) > 0
+        assert got == p_name.startswith(HAZARD_OWN), p_name
+
+
+def _scripted_matches(model: MultiTaskModel, b: FeatureBatch) -> None:
+    model.eval()
+    scripted = torch.jit.script(torchrec.fx.symbolic_trace(model))
+    with torch.no_grad():
+        eager, got = model(b.sparse, b.dense), scripted(b.sparse, b.dense)
+    for k in eager:
+        assert float((got[k] - eager[k]).abs().max()) <= 1e-5, k
+
+
+@pytest.mark.parametrize("name", ["mmoe", "dtrn"])
+def test_tower_features_reach_a_detached_tower_directly(recipe: Recipe, name: str) -> None:
+    """`tower_features` + `trains_shared: false`: the hazard towers read those dense columns beside
+    the detached backbone output, so the hazard loss reaches exactly those columns of the input and
+    no parameter outside the task's own; the export still matches eager."""
+    side = ["creative_age_days", "bid_price"]
+    r = _with_task_options(recipe, name, trains_shared=False, tower_features=side)
+    dense_names = [f.name for f in r.dense_features]
+    assert set(side) < set(dense_names)
+    torch.manual_seed(0)
+    model = build_model(r)
+    for t in ("hazard_short", "hazard_long"):
+        first = next(m for m in model.towers[t].modules() if isinstance(m, torch.nn.Linear))
+        assert first.in_features == model.backbone.out_dims[t] + len(side)
+    b, tg = make_batch(r, 64)
+    dense = b.dense.clone().requires_grad_(True)
+    out = model(b.sparse, dense)
+    hazard = [t for t in r.tasks if t.kind == "hazard"]
+    sum(
+        hazard_nll(out[t.name + "_logit"], tg.labels[t.name], tg.events[t.name], tg.weights[t.name])
+        for t in hazard
+    ).backward()
+    assert dense.grad is not None
+    reached = {n for j, n in enumerate(dense_names) if float(dense.grad[:, j].abs().sum()) > 0}
+    assert reached == set(side)
+    _only_hazard_parts_get_gradient(model)
+    _scripted_matches(model, b)
+
+
+@pytest.mark.parametrize("name", ["mmoe", "home", "dtrn"])
+def test_a_task_that_does_not_read_the_backbone(recipe: Recipe, name: str) -> None:
+    """`reads_backbone: false`: the hazard towers read only their tower_features; the backbone has
+    no gate or experts for them (HoME: no lifecycle category), and their loss reaches only their
+    own tower and head; the export matches eager."""
+    side = ["creative_age_days", "creative_daily_impressions", "creative_ctr_to_date"]
+    r = small_recipe(recipe, MODELS[name], hazards_read_backbone=False)  # the shipped form
+    assert all(t.tower_features == side and not t.reads_backbone for t in r.tasks if t.kind == "hazard")
+    torch.manual_seed(0)
+    model = build_model(r)
+    assert model.backbone_tasks == ["ctr", "cvr"]
+    assert set(model.backbone.out_dims) == {"ctr", "cvr"}
+    assert not any("hazard" in k or "lifecycle" in k for k, _ in model.backbone.named_parameters())
+    first = next(m for m in model.towers["hazard_long"].modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == len(side)
+    b, tg = make_batch(r, 64)
+    out = model(b.sparse, b.dense)
+    assert out["hazard_long"].shape == (64, 16)
+    sum(
+        hazard_nll(out[t.name + "_logit"], tg.labels[t.name], tg.events[t.name], tg.weights[t.name])
+        for t in r.tasks
+        if t.kind == "hazard"
+    ).backward()
+    _only_hazard_parts_get_gradient(model)
+    loss, _ = total_loss(r, model(b.sparse, b.dense), tg)  # every task still trains together
+    loss.backward()
+    _scripted_matches(model, b)
+    d = r.to_dict()
+    for t in d["tasks"]:
+        if not t.get("product_of"):
+            t.update(reads_backbone=False, tower_features=side)
+    with pytest.raises(RecipeError, match="at least one task must read the backbone"):
+        recipe_from_dict(d)
+
+
+def test_tower_features_must_be_dense_features_of_the_recipe(recipe: Recipe) -> None:
+    d = small_recipe(recipe, MODELS["mmoe"]).to_dict()
+    hazard = next(t for t in d["tasks"] if t["kind"] == "hazard")
+    for bad in ("creative_id", "nope"):  # an id feature, a name the recipe does not have
+        hazard["tower_features"] = [bad]
+        with pytest.raises(RecipeError, match=f"tower_features names '{bad}', which is not a dense feature"):
+            recipe_from_dict(d)
+    hazard["tower_features"] = ["bid_price", "bid_price"]
+    with pytest.raises(RecipeError, match="lists a feature twice"):
+        recipe_from_dict(d)
+    hazard["tower_features"] = []
+    hazard["reads_backbone"] = False
+    with pytest.raises(RecipeError, match="reads_backbone false needs tower_features"):
+        recipe_from_dict(d)
 
 
 def _home_visible(expert: str, node: str, category_of: dict[str, str]) -> bool:

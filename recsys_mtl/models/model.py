@@ -43,6 +43,40 @@ from recsys_mtl.recipe import (
 Internals = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
+class TowerInput(nn.Module):
+    """What a task's tower reads: the backbone's representation of the task, detached when the
+    task does not train the shared layers (`trains_shared: false`), and concatenated with the
+    recipe's `tower_features`, columns of the dense input (a side input, as in wide & deep's wide
+    part: the tower sees those statistics directly, not only through the shared layers). With
+    `reads_backbone: false` the tower reads the side input alone.
+
+    Why: a task whose labels are shared by every row of one item over many days (a creative's
+    stop time) is fitted best on the training days by memorising the item through its id
+    embedding, which ranks held-out creatives backwards (docs/QUALITY_INVESTIGATION.md); read from
+    item statistics instead, it generalises."""
+
+    def __init__(self, dense_columns: list[int], detached: bool, reads_backbone: bool = True) -> None:
+        super().__init__()
+        self.detached: bool = detached
+        self.reads_backbone: bool = reads_backbone
+        self.has_side: bool = len(dense_columns) > 0
+        # derived from the recipe, so not part of the state dict (checkpoints stay as they were)
+        self.register_buffer("columns", torch.tensor(dense_columns, dtype=torch.long), persistent=False)
+
+    def in_dim(self, rep_dim: int) -> int:
+        """Width of the tower's input for a backbone output of width `rep_dim`."""
+        return (rep_dim if self.reads_backbone else 0) + int(self.columns.numel())
+
+    def forward(self, rep: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        if not self.reads_backbone:  # build-time flags: FX keeps one branch, TorchScript sees none
+            return dense.index_select(1, self.columns)
+        if self.detached:
+            rep = rep.detach()
+        if self.has_side:
+            rep = torch.cat([rep, dense.index_select(1, self.columns)], dim=1)
+        return rep
+
+
 class MultiTaskModel(nn.Module):
     """Embeddings -> bottom -> backbone -> towers -> heads (see the module docstring for outputs).
 
@@ -52,6 +86,7 @@ class MultiTaskModel(nn.Module):
             input (identity when both are off; DTRN keeps its bottom inside the backbone,
             applied to each task's r_t).
         backbone: SharedBottom | MMoE | PLE | HoME | DTRN.
+        tower_inputs: per head task `TowerInput` (detaching, side features).
         towers: per head task MLP (``tower_hidden``).
         heads: `TaskHeads`.
     """
@@ -61,22 +96,24 @@ class MultiTaskModel(nn.Module):
         sparse_arch: SparseArch,
         bottom: nn.Module | None,
         backbone: nn.Module,
+        tower_inputs: nn.ModuleDict,
         towers: nn.ModuleDict,
         heads: TaskHeads,
         head_tasks: list[str],
         model_type: str,
-        detached: list[str] | None = None,
+        backbone_tasks: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.sparse_arch = sparse_arch
         self.flat_input: bool = bottom is not None
         self.bottom = bottom if bottom is not None else nn.Identity()
         self.backbone = backbone
+        self.tower_inputs = tower_inputs
         self.towers = towers
         self.heads = heads
         self.head_tasks: list[str] = list(head_tasks)
-        # tasks whose loss stops at their tower (recipe `trains_shared: false`)
-        self.detached: list[str] = list(detached or [])
+        # the head tasks the backbone builds a representation for (`reads_backbone` true)
+        self.backbone_tasks: list[str] = list(head_tasks if backbone_tasks is None else backbone_tasks)
         self.model_type: str = model_type
 
     # metadata for diagnostics (plain Python, never part of the traced graph)
@@ -104,7 +141,10 @@ class MultiTaskModel(nn.Module):
             reprs, gates, experts = self.backbone(fields, sequences, masks, dense)
         towers: dict[str, torch.Tensor] = {}
         for t in self.head_tasks:  # a build-time list: FX unrolls it, TorchScript sees no branch
-            towers[t] = self.towers[t](reprs[t].detach() if t in self.detached else reprs[t])
+            # a task that does not read the backbone has no representation there: its
+            # TowerInput takes the side features from `dense` alone
+            rep = reprs[t] if t in self.backbone_tasks else dense
+            towers[t] = self.towers[t](self.tower_inputs[t](rep, dense))
         return self.heads(towers), gates, experts
 
 
@@ -140,7 +180,9 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     """
     opts = recipe.model
     heads_tasks = recipe.head_tasks
-    names = [t.name for t in heads_tasks]
+    # the backbone (gates, task and category experts) is built for the tasks that read it only:
+    # a `reads_backbone: false` task would leave its gates and own experts untrained
+    names = [t.name for t in heads_tasks if t.reads_backbone]
     dense_dim = len(recipe.dense_features)
     is_dtrn = isinstance(opts, DTRNOptions)
     arch = SparseArch(recipe, unpooled_sequences=is_dtrn, device=embedding_device)
@@ -174,11 +216,28 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
                 opts.dropout,
             )
         elif isinstance(opts, HoMEOptions):
-            backbone = HoME(d, names, {t.name: t.category for t in heads_tasks}, opts)
+            backbone = HoME(d, names, {t.name: t.category for t in heads_tasks if t.reads_backbone}, opts)
         else:  # pragma: no cover - the recipe's discriminated union has no other member
             raise ValueError(f"unknown model type {opts.type!r}")
-    out_dims: dict[str, int] = backbone.out_dims  # type: ignore[assignment]
-    towers = nn.ModuleDict({t: MLP(out_dims[t], list(opts.tower_hidden), opts.dropout) for t in names})
-    heads = TaskHeads(list(recipe.tasks), {t: towers[t].out_dim for t in names})
-    detached = [t.name for t in heads_tasks if not t.trains_shared]
-    return MultiTaskModel(arch, bottom, backbone, towers, heads, names, opts.type, detached)
+    out_dims: dict[str, int] = dict(backbone.out_dims)  # type: ignore[arg-type]
+    out_dims.update({t.name: 0 for t in heads_tasks if not t.reads_backbone})
+    dense_names = [f.name for f in recipe.dense_features]  # the dense input's column order
+    tower_inputs = nn.ModuleDict(
+        {
+            t.name: TowerInput(
+                [dense_names.index(f) for f in t.tower_features], not t.trains_shared, t.reads_backbone
+            )
+            for t in heads_tasks
+        }
+    )
+    head_names = [t.name for t in heads_tasks]
+    towers = nn.ModuleDict(
+        {
+            t: MLP(tower_inputs[t].in_dim(out_dims[t]), list(opts.tower_hidden), opts.dropout)
+            for t in head_names
+        }
+    )
+    heads = TaskHeads(list(recipe.tasks), {t: towers[t].out_dim for t in head_names})
+    return MultiTaskModel(
+        arch, bottom, backbone, tower_inputs, towers, heads, head_names, opts.type, backbone_tasks=names
+    )
