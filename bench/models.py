@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import yaml
 
-from recsys_mtl.synth import SynthConfig, generate
+from recsys_mtl.synth import SCHEMA, SynthConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).with_name("recsys-mtl")
@@ -73,11 +74,16 @@ def data_key(cfg: SynthConfig) -> str:
 
 
 def ensure_data(cfg: SynthConfig, out: Path) -> Path:
-    """The data of `cfg` under `out`, generated unless a directory with exactly this config exists."""
+    """The data of `cfg` under `out`, generated unless a directory with exactly this config and the
+    current generator's columns exists (an older generator's data is regenerated)."""
     data = out / data_key(cfg)
     meta = data / "_synth.json"
     want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    if not (meta.exists() and json.loads(meta.read_text())["config"] == want):
+    fresh = meta.exists() and json.loads(meta.read_text())["config"] == want
+    if fresh:
+        first = next(data.glob("dt=*/*.parquet"), None)
+        fresh = first is not None and pq.read_schema(first).names == SCHEMA.names
+    if not fresh:
         generate(cfg, data, overwrite=True, progress=False)
     return data
 
@@ -91,7 +97,9 @@ def recipe_variant(
     (`training.sharding_types: [table_wise]`; before the fix in recsys_mtl/distributed.py this
     worked around data-parallel tables never being trained, docs/QUALITY_INVESTIGATION.md);
     `model_options` (e.g. `{"cross_layers": 2}`) added to every model's options but dtrn's, the
-    single-task models' included; `hazard_head` sets every hazard task's head form."""
+    single-task models' included; `hazard_head` sets every hazard task's head form,
+    `hazard_tower_features` their `tower_features`, `hazard_features_only` their `reads_backbone:
+    false`, `train_seed` the recipe's training seed; `drop_features` leaves those features out."""
     lr_scale, table_wise = args.lr_scale, args.table_wise
     model_options, hazard_head = args.model_options, args.hazard_head
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
@@ -104,9 +112,18 @@ def recipe_variant(
         task["loss_weight"] = 1.0
         if single_task == "cvr":  # the classic single-task CVR: trained on clicked rows only
             task["train_on"] = "click"
+        # the classic single-task model reads its own shared-bottom network (ids included): a
+        # task the recipe keeps off the backbone keeps only its tower_features as a side input
+        task.pop("reads_backbone", None)
         d["tasks"] = [task]
     if table_wise:
         d["training"]["sharding_types"] = ["table_wise"]
+    if args.drop_features:
+        dropped = set(args.drop_features.split(","))
+        unknown = dropped - {f["name"] for f in d["features"]}
+        if unknown:
+            raise SystemExit(f"--drop-features: not features of the recipe: {sorted(unknown)}")
+        d["features"] = [f for f in d["features"] if f["name"] not in dropped]
     if model_options and d["model"]["type"] != "dtrn":
         d["model"].update(model_options)
     for t in d["tasks"]:
@@ -114,6 +131,12 @@ def recipe_variant(
             t["hazard_head"] = hazard_head
         if t["kind"] == "hazard" and args.hazard_detached:
             t["trains_shared"] = False
+        if t["kind"] == "hazard" and args.hazard_tower_features is not None:
+            t["tower_features"] = [f for f in args.hazard_tower_features.split(",") if f]
+        if t["kind"] == "hazard" and args.hazard_features_only:
+            t["reads_backbone"] = False
+    if args.train_seed is not None:
+        d["training"]["seed"] = args.train_seed
     if lr_scale != 1.0:
         for opt in ("dense_optimizer", "sparse_optimizer"):
             d["training"][opt]["lr"] = d["training"][opt]["lr"] * lr_scale
@@ -320,9 +343,11 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         + " | ".join(f"{t} AUC (lift)" for t in BINARY)
         + " | "
         + " | ".join(f"{t} C (lift)" for t in HAZARD)
+        + " | lift vs truth: "
+        + " / ".join(BINARY + HAZARD)
         + " | train samples/s |"
     )
-    lines = [head, "|" + "---|" * (2 + len(BINARY) + len(HAZARD))]
+    lines = [head, "|" + "---|" * (3 + len(BINARY) + len(HAZARD))]
     oracle: dict[str, float] = {}
     for name, res in rows.items():
         tasks = res["metrics"]["tasks"]
@@ -337,9 +362,11 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
             cells.append("" if r is None else f"{fmt(r['c_index'])} ({fmt(r.get('oracle_lift'), '.2f')})")
             if r and r.get("oracle_c_index") is not None:
                 oracle[t] = r["oracle_c_index"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['samples_per_s']:,.0f} |")
+        # expected_lift: against the true probabilities, free of label noise (and of censoring)
+        truth = " / ".join(fmt((tasks.get(t) or {}).get("expected_lift"), ".2f") for t in BINARY + HAZARD)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {truth} | {res['samples_per_s']:,.0f} |")
     if oracle:
-        lines.append("| oracle | " + " | ".join(fmt(oracle.get(t)) for t in BINARY + HAZARD) + " | |")
+        lines.append("| oracle | " + " | ".join(fmt(oracle.get(t)) for t in BINARY + HAZARD) + " | | |")
     return "\n".join(lines)
 
 
@@ -447,6 +474,25 @@ def add_world_arguments(ap: argparse.ArgumentParser) -> None:
         "--hazard-detached",
         action="store_true",
         help="hazard tasks train only their towers and heads (`trains_shared: false`)",
+    )
+    ap.add_argument(
+        "--hazard-tower-features",
+        help="comma-separated dense features fed straight into every hazard tower "
+        "(`tower_features`; '' for none; default: the recipe's)",
+    )
+    ap.add_argument(
+        "--train-seed", type=int, help="the recipe's training.seed (init, shuffling; default: the recipe's)"
+    )
+    ap.add_argument(
+        "--hazard-features-only",
+        action="store_true",
+        help="hazard towers read only their tower_features, not the backbone (`reads_backbone: false`)",
+    )
+    ap.add_argument(
+        "--drop-features",
+        default="",
+        help="comma-separated recipe features to leave out (an ablation, e.g. "
+        "creative_daily_impressions,creative_ctr_to_date)",
     )
     ap.add_argument(
         "--table-wise",

@@ -76,6 +76,8 @@ SCORE_EXAMPLE: dict[str, Any] = {
         "format": ["video", "image"],
         "creative_age_days": [3.0, 12.0],
         "bid_price": [1.2, 0.8],
+        "creative_daily_impressions": [850.0, 2400.0],
+        "creative_ctr_to_date": [0.061, 0.034],
     },
     "tasks": ["ctr", "cvr", "ctcvr", "hazard_short"],
 }
