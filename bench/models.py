@@ -99,7 +99,8 @@ def recipe_variant(
     `model_options` (e.g. `{"cross_layers": 2}`) added to every model's options but dtrn's, the
     single-task models' included; `hazard_head` sets every hazard task's head form,
     `hazard_tower_features` their `tower_features`, `hazard_features_only` their `reads_backbone:
-    false`, `train_seed` the recipe's training seed; `drop_features` leaves those features out."""
+    false`, `hazard_on_backbone` / `hazard_detached` make them read the backbone, training it or
+    not; `train_seed` the recipe's training seed; `drop_features` leaves those features out."""
     lr_scale, table_wise = args.lr_scale, args.table_wise
     model_options, hazard_head = args.model_options, args.hazard_head
     d = yaml.safe_load((ROOT / "configs" / "ads_ranker.yaml").read_text())
@@ -129,8 +130,10 @@ def recipe_variant(
     for t in d["tasks"]:
         if t["kind"] == "hazard" and hazard_head:
             t["hazard_head"] = hazard_head
+        if t["kind"] == "hazard" and args.hazard_on_backbone:
+            t.update(reads_backbone=True, trains_shared=True)
         if t["kind"] == "hazard" and args.hazard_detached:
-            t["trains_shared"] = False
+            t.update(reads_backbone=True, trains_shared=False)
         if t["kind"] == "hazard" and args.hazard_tower_features is not None:
             t["tower_features"] = [f for f in args.hazard_tower_features.split(",") if f]
         if t["kind"] == "hazard" and args.hazard_features_only:
@@ -473,7 +476,14 @@ def add_world_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--hazard-detached",
         action="store_true",
-        help="hazard tasks train only their towers and heads (`trains_shared: false`)",
+        help="hazard towers read the backbone's output detached: their losses train only their "
+        "towers and heads (`reads_backbone: true, trains_shared: false`)",
+    )
+    ap.add_argument(
+        "--hazard-on-backbone",
+        action="store_true",
+        help="hazard towers read the backbone and train it (`reads_backbone: true, trains_shared: "
+        "true`: the recipe before 2026-12-01's creative statistics)",
     )
     ap.add_argument(
         "--hazard-tower-features",
