@@ -310,6 +310,7 @@ def test_tower_features_reach_a_detached_tower_directly(recipe: Recipe, name: st
     side = ["creative_age_days", "bid_price"]
     r = _with_task_options(recipe, name, trains_shared=False, tower_features=side)
     dense_names = [f.name for f in r.dense_features]
+    assert FeatureTransform.from_recipe(r).dense_names == dense_names  # the dense input's columns
     assert set(side) < set(dense_names)
     torch.manual_seed(0)
     model = build_model(r)
