@@ -114,10 +114,12 @@ class PlainTorchModel(MultiTaskModel):
             PlainSparseArch(recipe, ref.sparse_arch.field_names, shared_tables),  # type: ignore[arg-type]
             ref.bottom if ref.flat_input else None,  # type: ignore[arg-type]
             ref.backbone,
+            ref.tower_inputs,
             ref.towers,
             ref.heads,
             ref.head_tasks,
             ref.model_type,
+            backbone_tasks=ref.backbone_tasks,
         )
 
 
