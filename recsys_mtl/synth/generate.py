@@ -6,8 +6,9 @@ How a run goes:
 1. build the world (O(vocabulary)), draw creative lifetimes, calibrate the CTR and CVR biases on a
    sample of impressions so the mean CTR and conversion rate hit their targets;
 2. pass 1: draw only the impression core (user, creative, time, slot, device, click) of every chunk to
-   count impressions and clicks per creative and rows per survival subject (creative, day), which
-   `hazard_weight` needs before any row is written;
+   count impressions and clicks per creative and rows and clicks per survival subject (creative,
+   day), which `hazard_weight` needs before any row is written (and the creative statistics after
+   each day);
 3. pass 2: draw each chunk in full (the core again, from the same RNG stream, so it is identical to
    pass 1's; then conversions, features, sequences, labels, oracles) and stream it to Parquet.
 
