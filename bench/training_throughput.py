@@ -362,6 +362,7 @@ def fmt(x: float | None, spec: str = ",.0f") -> str:
 
 
 def main() -> int:
+    global RECIPE  # --recipe rebinds the one the helpers read
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=400_000, help="generated rows (all days)")
     ap.add_argument("--days", type=int, default=3, help="generated days; the last is held out")
@@ -385,10 +386,14 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20, help="timed scoring requests (median)")
     ap.add_argument("--skip-sharded", action="store_true", help="no --nproc run")
     ap.add_argument("--skip-baseline", action="store_true", help="no plain-PyTorch baseline")
+    ap.add_argument(
+        "--recipe", type=Path, default=RECIPE, help="recipe to measure (default: the shipped one)"
+    )
     ap.add_argument("--skip-export", action="store_true", help="no export / scoring")
     ap.add_argument("--workdir", help="keep data and runs here (default: a temporary directory)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = ap.parse_args()
+    RECIPE = args.recipe.resolve()
     nproc = args.threads  # sharded run: one thread per process, same cores as the 1-process run
     recipe = load_recipe(RECIPE)
     this_cmd = shlex.join([os.path.relpath(sys.executable, Path.cwd()), *sys.argv])
@@ -404,7 +409,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "command": this_cmd,
         "other_cores_in_use_at_start": others,
-        "recipe": str(RECIPE.relative_to(ROOT)),
+        "recipe": os.path.relpath(RECIPE, ROOT),
         "model": recipe.model.type,
         "data": {"rows": args.rows, "days": args.days, "seed": args.seed},
         "python": sys.version.split()[0],
