@@ -212,13 +212,13 @@ def run_baseline(
 
 
 def train_cmd(
-    data: Path, out: Path, nproc: int, threads: int, steps: int, batch_size: int | None
+    recipe: Path, data: Path, out: Path, nproc: int, threads: int, steps: int, batch_size: int | None
 ) -> list[str]:
     cmd = [
         str(BIN),
         "train",
         "--recipe",
-        str(RECIPE),
+        str(recipe),
         "--data",
         str(data),
         "--out",
@@ -362,7 +362,6 @@ def fmt(x: float | None, spec: str = ",.0f") -> str:
 
 
 def main() -> int:
-    global RECIPE  # --recipe rebinds the one the helpers read
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=400_000, help="generated rows (all days)")
     ap.add_argument("--days", type=int, default=3, help="generated days; the last is held out")
@@ -393,9 +392,9 @@ def main() -> int:
     ap.add_argument("--workdir", help="keep data and runs here (default: a temporary directory)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = ap.parse_args()
-    RECIPE = args.recipe.resolve()
+    recipe_path = args.recipe.resolve()
     nproc = args.threads  # sharded run: one thread per process, same cores as the 1-process run
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(recipe_path)
     this_cmd = shlex.join([os.path.relpath(sys.executable, Path.cwd()), *sys.argv])
     others = cores_in_use()
     busy = others is not None and others > 0.3
@@ -409,7 +408,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "command": this_cmd,
         "other_cores_in_use_at_start": others,
-        "recipe": os.path.relpath(RECIPE, ROOT),
+        "recipe": os.path.relpath(recipe_path, ROOT),
         "model": recipe.model.type,
         "data": {"rows": args.rows, "days": args.days, "seed": args.seed},
         "python": sys.version.split()[0],
@@ -434,12 +433,16 @@ def main() -> int:
 
         runs: dict[str, dict[str, Any]] = {}
         one = work / "run_nproc1"
-        runs["1 process"] = run_train(train_cmd(data, one, 1, args.threads, args.steps, args.batch_size), one)
+        runs["1 process"] = run_train(
+            train_cmd(recipe_path, data, one, 1, args.threads, args.steps, args.batch_size), one
+        )
         print(f"1 process: {runs['1 process']['samples_per_s']:,.0f} samples/s", flush=True)
         if not args.skip_sharded and nproc > 1:
             two = work / f"run_nproc{nproc}"
             key = f"{nproc} processes (sharded)"
-            runs[key] = run_train(train_cmd(data, two, nproc, 1, args.steps, args.batch_size), two)
+            runs[key] = run_train(
+                train_cmd(recipe_path, data, two, nproc, 1, args.steps, args.batch_size), two
+            )
             print(f"{key}: {runs[key]['samples_per_s']:,.0f} samples/s", flush=True)
         info1 = runs["1 process"].pop("info")
         for r in runs.values():

@@ -219,8 +219,7 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
             backbone = HoME(d, names, {t.name: t.category for t in heads_tasks if t.reads_backbone}, opts)
         else:  # pragma: no cover - the recipe's discriminated union has no other member
             raise ValueError(f"unknown model type {opts.type!r}")
-    out_dims: dict[str, int] = dict(backbone.out_dims)  # type: ignore[arg-type]
-    out_dims.update({t.name: 0 for t in heads_tasks if not t.reads_backbone})
+    out_dims: dict[str, int] = backbone.out_dims  # type: ignore[assignment]
     dense_names = [f.name for f in recipe.dense_features]  # the dense input's column order
     tower_inputs = nn.ModuleDict(
         {
@@ -233,7 +232,7 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     head_names = [t.name for t in heads_tasks]
     towers = nn.ModuleDict(
         {
-            t: MLP(tower_inputs[t].in_dim(out_dims[t]), list(opts.tower_hidden), opts.dropout)
+            t: MLP(tower_inputs[t].in_dim(out_dims.get(t, 0)), list(opts.tower_hidden), opts.dropout)
             for t in head_names
         }
     )

@@ -339,6 +339,11 @@ class CreativeStats:
         m = CTR_PRIOR_IMPRESSIONS
         return (self.clicks + m * self.prior_ctr) / (self.impressions + m)
 
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """(daily_impressions, ctr_to_date) as float32, indexed by creative id: computed once per
+        day, then taken per row by every chunk of the day."""
+        return self.daily_impressions().astype(np.float32), self.ctr_to_date().astype(np.float32)
+
     def advance(self, counts: Counts, day: int) -> None:
         """Add day `day`'s impressions and clicks (pass 1's counts)."""
         ids = counts.shown[day]
@@ -374,14 +379,15 @@ def chunk_table(
     world: World,
     life: Lifetimes,
     row_weight: np.ndarray,
-    stats: CreativeStats,
+    stats: tuple[np.ndarray, np.ndarray],
     plan: DayPlan,
     cfg: SynthConfig,
     chunk: int,
     n: int,
 ) -> pa.Table:
     """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with `SCHEMA`.
-    `row_weight` is `subject_weights` of the day, `stats` the creatives' statistics before it."""
+    `row_weight` is `subject_weights` of the day, `stats` the creatives' statistics before it
+    (`CreativeStats.columns`)."""
     day = plan.day
     core = draw_core(world, plan, chunk_rng(cfg, day, chunk, CORE_STREAM), n)
     rng = chunk_rng(cfg, day, chunk, REST_STREAM)
@@ -411,8 +417,8 @@ def chunk_table(
         _FORMAT_VALUES.take(pa.array(world.creative_format[i])),
         pa.array(core.age_days.astype(np.float32)),
         pa.array(bid.astype(np.float32)),
-        pa.array(stats.daily_impressions()[i].astype(np.float32)),
-        pa.array(stats.ctr_to_date()[i].astype(np.float32)),
+        pa.array(stats[0][i]),
+        pa.array(stats[1][i]),
         pa.array(core.position),
         pa.array(core.hour),
         _DEVICE_VALUES.take(pa.array(core.device)),
@@ -568,11 +574,12 @@ def _write_days(
             day_dir.mkdir()
             plan = day_plan(world, life, day)
             row_weight = subject_weights(counts, subject_weight, day)
+            day_stats = stats.columns()
             writer = _PartWriter(day_dir, cfg.rows_per_file)
             writers.append(writer)
             sizes = chunk_sizes(cfg, day)
             for chunk, n in enumerate(sizes):
-                table = chunk_table(world, life, row_weight, stats, plan, cfg, chunk, n)
+                table = chunk_table(world, life, row_weight, day_stats, plan, cfg, chunk, n)
                 n_click += int(np.count_nonzero(table["click"].to_numpy()))
                 n_conv += int(np.count_nonzero(table["conversion"].to_numpy()))
                 # the day's last chunk closes its file in the same job, so the next day's drawing
