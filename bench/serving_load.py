@@ -95,7 +95,8 @@ from recsys_mtl.registry import Registry  # noqa: E402
 from recsys_mtl.scorer import LoadedModel, load_model  # noqa: E402
 from recsys_mtl.targets import targets_from_table  # noqa: E402
 from recsys_mtl.transform import FeatureTransform  # noqa: E402
-from serving.request import ARROW_STREAM, JSON, check_against_model, decode_arrow, decode_json  # noqa: E402
+from serving.config import Runtime  # noqa: E402
+from serving.request import ARROW_STREAM, JSON, check_against_model, decode  # noqa: E402
 from serving.response import ScoreResult, render, render_arrow  # noqa: E402
 from tests.conftest import make_raw_table  # noqa: E402
 from tests.serving_support import NAME, Server, serve, write_config  # noqa: E402
@@ -256,9 +257,11 @@ def in_process(model: LoadedModel, reqs: list[Request], calls: int) -> dict[str,
     out["score_rows_ms"] = statistics.median(out["score_rows_times_ms"])
     # The server's own path: decode -> check -> transform with shared user features -> forward ->
     # survival curves -> JSON render. Each stage alone, same requests.
-    out["decode_json_ms"] = _median_ms(lambda i: decode_json(reqs[i % k].json_body, 10**6), calls)
-    out["decode_arrow_ms"] = _median_ms(lambda i: decode_arrow(reqs[i % k].arrow_body, 10**6), calls)
-    decoded = [decode_json(r.json_body, 10**6) for r in reqs]
+    # (decode includes the request limits' checks, as in the server)
+    limits = Runtime(max_candidates=10**6)
+    out["decode_json_ms"] = _median_ms(lambda i: decode(reqs[i % k].json_body, JSON, limits), calls)
+    out["decode_arrow_ms"] = _median_ms(lambda i: decode(reqs[i % k].arrow_body, ARROW_STREAM, limits), calls)
+    decoded = [decode(r.json_body, JSON, limits) for r in reqs]
     out["check_ms"] = _median_ms(lambda i: check_against_model(decoded[i % k], model), calls)
     batches = [model.transform(cands[i], shared=shared[i]) for i in range(k)]
     out["transform_shared_ms"] = _median_ms(

@@ -9,6 +9,7 @@ values, so hashed rows live in [1, num_rows).
 
 Everything is vectorised over numpy arrays: strings are dictionary-encoded first, so each distinct
 string is hashed once, and FNV runs one numpy pass per byte position rather than one loop per row.
+What counts as an id, and its canonical form, is `recsys_mtl.ids`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,14 @@ def hash_ints(values: np.ndarray, salt: np.uint64) -> np.ndarray:
 
 
 def fnv1a_strings(arr: pa.Array) -> np.ndarray:
-    """64-bit FNV-1a of each string's UTF-8 bytes; nulls hash as the empty string (callers mask them)."""
+    """64-bit FNV-1a of each string's UTF-8 bytes; nulls hash as the empty string (callers mask them).
+
+    FNV is sequential within a string, so the loop runs over byte positions, each a numpy pass over
+    the strings still that long. With the strings sorted longest first those form a prefix, so
+    each pass is a plain slice (no boolean mask over all strings): the cost is the total number of
+    bytes plus about a microsecond per position of the longest string. Callers bound that length
+    (the server's `runtime.max_id_bytes`).
+    """
     arr = arr.cast(pa.large_string()) if not pa.types.is_large_string(arr.type) else arr
     n = len(arr)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
@@ -66,12 +74,17 @@ def fnv1a_strings(arr: pa.Array) -> np.ndarray:
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
     data_buf = arr.buffers()[2]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    starts = offsets[:-1]
     lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")
+    starts, desc = offsets[:-1][order], lengths[order]
+    # still[p] = how many strings are longer than p: the active prefix at byte position p
+    still = np.searchsorted(-desc, -np.arange(int(desc[0])), side="left")
+    hs = h[order]
     with np.errstate(over="ignore"):
-        for p in range(int(lengths.max(initial=0))):
-            m = lengths > p
-            h[m] = (h[m] ^ data[starts[m] + p].astype(np.uint64)) * _FNV_PRIME
+        for p, k in enumerate(still.tolist()):
+            hs[:k] ^= data[starts[:k] + p]
+            hs[:k] *= _FNV_PRIME
+    h[order] = hs
     return h
 
 

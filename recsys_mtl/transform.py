@@ -5,21 +5,24 @@ server both call `FeatureTransform.__call__`, and the exported manifest carries 
 server rebuilds the identical transform without the recipe file or any training code.
 
 Rules (DESIGN.md, data contract):
-- categorical values are hashed by `recsys_mtl.hashing` (stable across processes); a feature with
-  an explicit `vocabulary` maps values by position instead. Missing and out-of-vocabulary values
-  map to the reserved row 0.
+- categorical values are parsed by `recsys_mtl.ids` (int64 ids, canonical decimal strings for
+  integer ids, never a silent wrap-around) and hashed by `recsys_mtl.hashing` (stable across
+  processes); a feature with an explicit `vocabulary` maps values by position instead. Missing and
+  out-of-vocabulary values map to the reserved row 0.
 - `multi_id` and `sequence` lists are truncated to `max_len` (the first `max_len` values: sequences
   are stored newest first). They stay jagged in the KJT; models that need a fixed length pad there.
   A null list is an empty list; a null element inside a list maps to row 0.
 - dense values: missing, NaN and +-inf become the feature's `default`; then optional signed log1p,
   standardisation with stored statistics, and clipping. Nothing non-finite reaches the model.
 
-All work is columnar (pyarrow compute + numpy); there is no Python loop over rows.
+All work is columnar (pyarrow compute + numpy); there is no Python loop over rows. Whatever goes
+wrong with one feature's raw values is a `TransformError` naming its column.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.hashing import hash_ints, hash_strings, salt_for, to_rows
+from recsys_mtl.ids import IdError, int_ids, string_ids
 from recsys_mtl.recipe import DenseStats, FeatureSpec, Recipe
 
 SPEC_VERSION = 1
@@ -131,6 +135,21 @@ def _column(columns: Columns, name: str) -> pa.Array:
     return col
 
 
+@contextmanager
+def _naming(f: FeatureSpec) -> Iterator[None]:
+    """Any failure while transforming one feature becomes a TransformError naming its column:
+    raw values come from outside (a request, a user's Parquet), and whatever Arrow or numpy
+    raises on them (a type it cannot cast, an integer it cannot hold) is that column's fault."""
+    try:
+        yield
+    except TransformError:
+        raise
+    except IdError as e:
+        raise TransformError(f.source, str(e)) from None
+    except (pa.ArrowException, OverflowError, ValueError, TypeError, IndexError) as e:
+        raise TransformError(f.source, f"cannot transform its values ({type(e).__name__}: {e})") from None
+
+
 def _num_rows(columns: Columns) -> int | None:
     if isinstance(columns, pa.Table | pa.RecordBatch):
         return columns.num_rows
@@ -209,23 +228,25 @@ class FeatureTransform:
         values: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
         for f in self.sparse_features:
-            if f.source in shared:
-                v, ln = self._sparse(f, self._one(shared, f))
-                v, ln = np.tile(v, n), np.repeat(ln, n)
-            else:
-                col = _column(columns, f.source)
-                n = self._check_len(f, col, n)
-                v, ln = self._sparse(f, col)
+            with _naming(f):
+                if f.source in shared:
+                    v, ln = self._sparse(f, self._one(shared, f))
+                    v, ln = np.tile(v, n), np.repeat(ln, n)
+                else:
+                    col = _column(columns, f.source)
+                    n = self._check_len(f, col, n)
+                    v, ln = self._sparse(f, col)
             values.append(v)
             lengths.append(ln)
         dense_cols: list[np.ndarray] = []
         for f in self.dense_features:
-            if f.source in shared:
-                dense_cols.append(np.repeat(self._dense(f, self._one(shared, f)), n))
-            else:
-                col = _column(columns, f.source)
-                n = self._check_len(f, col, n)
-                dense_cols.append(self._dense(f, col))
+            with _naming(f):
+                if f.source in shared:
+                    dense_cols.append(np.repeat(self._dense(f, self._one(shared, f)), n))
+                else:
+                    col = _column(columns, f.source)
+                    n = self._check_len(f, col, n)
+                    dense_cols.append(self._dense(f, col))
         dense = np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)
         sparse = KeyedJaggedTensor(
             keys=self.sparse_keys,
@@ -287,25 +308,8 @@ class FeatureTransform:
 
     @staticmethod
     def _as_value_type(f: FeatureSpec, vals: pa.Array) -> pa.Array:
-        t = vals.type
-        if pa.types.is_null(t):
-            return pa.nulls(len(vals), FeatureTransform._value_arrow_type(f))
-        if f.value_type == "string":
-            if pa.types.is_string(t) or pa.types.is_large_string(t):
-                return vals
-            if pa.types.is_integer(t):  # ids often arrive as numbers; "42" and 42 are one value
-                return vals.cast(pa.string())
-            raise TransformError(f.source, f"expected string ids, got {t}")
-        if pa.types.is_integer(t):
-            return vals.cast(pa.int64())
-        if pa.types.is_floating(t):
-            # Integral floats are ids that went through a float column (e.g. with nulls in pandas).
-            x = vals.to_numpy(zero_copy_only=False)
-            ok = np.isnan(x) | (np.isfinite(x) & (x == np.round(x)))
-            if not ok.all():
-                raise TransformError(f.source, "expected integer ids, got non-integral numbers")
-            return pc.cast(vals, pa.int64(), safe=False)
-        raise TransformError(f.source, f"expected integer ids, got {t}")
+        """Flat raw ids in the feature's value type, by the one id parser (`recsys_mtl.ids`)."""
+        return string_ids(vals) if f.value_type == "string" else int_ids(vals)
 
     # ---- dense ----
     @staticmethod
@@ -320,7 +324,8 @@ class FeatureTransform:
             or pa.types.is_decimal(t)
         ):
             raise TransformError(f.source, f"expected numbers, got {t}")
-        x = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        # unsafe: an int64/uint64 beyond 2^53 loses precision as a float, which a dense value may
+        x = col.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         x = np.where(np.isfinite(x), x, f.default)  # nulls arrive as NaN
         if f.log:
             x = np.sign(x) * np.log1p(np.abs(x))

@@ -8,11 +8,14 @@ warmed-up model.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.routes import router
 from serving.service import ScoringService
@@ -39,7 +42,38 @@ def create_app(config_path: str | Path, registry: str | Path | None = None) -> F
         finally:
             service.stop()
 
-    app = FastAPI(title="recsys-mtl scoring", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /openapi.json are routes of ours (serving/routes.py): the config may protect them
+    app = FastAPI(
+        title="recsys-mtl scoring",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.service = service
     app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+def _error(status: int, field: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    body = orjson.dumps({"error": {"field": field, "message": message}})
+    return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Framework errors (no such route, method not allowed) in the same shape as ours."""
+    assert isinstance(exc, StarletteHTTPException)
+    field = "method" if exc.status_code == 405 else "path"
+    return _error(exc.status_code, field, str(exc.detail), exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """A query parameter FastAPI could not parse (e.g. /admin/reload?force=maybe)."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ("request",)))
+    return _error(422, field, str(first.get("msg", "invalid request")))

@@ -2,8 +2,8 @@
 
 ```yaml
 registry: registry            # optional; `recsys-mtl serve --registry` wins
-runtime: {torch_threads: 1, max_batch_candidates: 4096, max_candidates: 2000, ...}
-admin: {token_env: RECSYS_MTL_ADMIN_TOKEN}
+runtime: {torch_threads: 1, max_batch_candidates: 4096, max_candidates: 2000, ...}   # + limits
+admin: {token_env: RECSYS_MTL_ADMIN_TOKEN, protect_introspection: false}
 experiments:
   - name: int8_embeddings
     salt: "2026-11-int8"      # change it to re-draw every user's assignment
@@ -127,18 +127,61 @@ class Runtime(_Strict):
     max_batch_candidates: int = Field(
         default=4096, ge=1, description="concurrent requests are merged into one forward up to this"
     )
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     reload_interval_s: float = Field(
         default=2.0, gt=0.0, description="how often current.json and the config file are checked"
     )
     warm_up_batch_sizes: list[int] = Field(default=[1, 100, 500, 2000], min_length=1)
     shadow_queue: int = Field(default=64, ge=1, description="pending shadow jobs before new ones are dropped")
 
+    # ---- request limits: each enforced before the work it bounds, each a 4xx naming the field ----
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="request body bytes (413); for a compressed Arrow body, its decompressed size",
+    )
+    max_json_values: int = Field(
+        default=100_000,
+        ge=100,
+        description="JSON values (counted from the body's commas and brackets before parsing; 413): "
+        "parsing cost grows with the number of values, not the bytes",
+    )
+    max_id_bytes: int = Field(
+        default=256, ge=8, le=65536, description="UTF-8 bytes of one string id, user_id included (422)"
+    )
+    max_list_length: int = Field(
+        default=1000, ge=1, description="values in one list (a sequence or multi-id feature) of one row (422)"
+    )
+    max_request_id_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="UTF-8 bytes of all string ids of one request (413)"
+    )
+
+    # ---- back-pressure: slow or idle clients never delay other requests ----
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="a connection must send a complete request head within this"
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="a request body must arrive completely within this (408)"
+    )
+    max_connections: int = Field(
+        default=512, ge=1, description="open connections; more are answered 503 with Retry-After and closed"
+    )
+    max_queued_candidates: int = Field(
+        default=16384,
+        ge=1,
+        description="candidates waiting for the inference thread; a request beyond it gets 503 + Retry-After",
+    )
+    retry_after_s: int = Field(default=1, ge=1, le=3600, description="Retry-After of an overload 503")
+
 
 class Admin(_Strict):
     token_env: str = Field(
         default="RECSYS_MTL_ADMIN_TOKEN",
         description="environment variable holding the admin token; unset = admin actions disabled",
+    )
+    protect_introspection: bool = Field(
+        default=False,
+        description="true: /models, /metrics, /docs and /openapi.json need the admin token. false: they "
+        "are open, and /models shows filesystem paths only to a request with the token",
     )
 
 

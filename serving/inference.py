@@ -62,6 +62,9 @@ def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
     except TransformError as e:
         where = "features" if e.field in req.features else "candidates"
         raise RequestError(f"{where}.{e.field}", e.message) from None
+    except Exception as e:  # the transform names the column of what it expects; this is a bug
+        log.warning("unexpected transform error on a request (answered 422)", exc_info=True)
+        raise RequestError("candidates", f"cannot be transformed ({type(e).__name__})") from None
 
 
 def score_jobs(jobs: list[Job]) -> tuple[int, int]:
@@ -106,6 +109,11 @@ def _keys(t: TaskInfo) -> list[str]:
 BatchObserver = Callable[[int, int, float], None]  # (requests, candidates, seconds)
 
 
+class Overloaded(RuntimeError):
+    """The queue holds more candidates than the config allows: the request is refused at once
+    (HTTP 503 with Retry-After) instead of waiting behind a backlog it cannot beat."""
+
+
 class InferenceWorker:
     """One thread that runs every forward; `submit` is safe to call from any thread."""
 
@@ -122,6 +130,7 @@ class InferenceWorker:
         self._on_batch = on_batch
         self._on_shadow_drop = on_shadow_drop
         self._queue: collections.deque[Job] = collections.deque()
+        self._queued_candidates = 0
         self._shadow: collections.deque[tuple[Job, Callable[[Job], None]]] = collections.deque()
         self._shadow_max = shadow_queue
         self._cv = threading.Condition()
@@ -142,11 +151,27 @@ class InferenceWorker:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, job: Job) -> cf.Future[Scores]:
+    @property
+    def queued_candidates(self) -> int:
+        return self._queued_candidates
+
+    def submit(self, job: Job, max_queued_candidates: int | None = None) -> cf.Future[Scores]:
+        """Queue a request. Overloaded when `max_queued_candidates` would be exceeded (a request
+        that finds the queue empty is always taken, whatever its size)."""
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the inference worker is stopping")
+            if (
+                max_queued_candidates is not None
+                and self._queue
+                and self._queued_candidates + job.size > max_queued_candidates
+            ):
+                raise Overloaded(
+                    f"{self._queued_candidates} candidates are already waiting for the inference thread "
+                    f"(runtime.max_queued_candidates = {max_queued_candidates})"
+                )
             self._queue.append(job)
+            self._queued_candidates += job.size
             self._cv.notify()
         return job.future
 
@@ -182,6 +207,7 @@ class InferenceWorker:
                 else:
                     rest.append(j)
             self._queue.extendleft(reversed(rest))
+            self._queued_candidates -= total
             return jobs, None
 
     def _run(self) -> None:

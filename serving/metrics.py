@@ -77,6 +77,13 @@ class ServingMetrics:
         self.config_reloads = Counter(
             "recsys_config_reloads_total", "Serving config reloads by result.", ["result"], registry=r
         )
+        self.connections_refused = Counter(
+            "recsys_connections_refused_total",
+            "Connections closed by the server before a request: too_many (runtime.max_connections), "
+            "head_timeout (runtime.header_timeout_s), head_too_large.",
+            ["reason"],
+            registry=r,
+        )
         self.shadow = Counter(
             "recsys_shadow_requests_total",
             "Shadow scorings by variant and result.",

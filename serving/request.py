@@ -6,7 +6,7 @@ Two wire formats (DESIGN.md, serving contract):
   parse it with the stdlib and validate per item). Candidates are columnar (recommended: one list
   per feature, converted to Arrow arrays in C) or a list of row objects:
 
-      {"user_id": "u42",
+      {"user_id": 42,
        "features": {"user_age_bucket": 3, "clicked_items": [17, 4], "hour": 20, ...},
        "candidates": {"creative_id": [101, 102], "advertiser_id": [7, 9], ...},
        "tasks": ["ctr", "hazard_short"]}
@@ -16,15 +16,21 @@ Two wire formats (DESIGN.md, serving contract):
   (required), `features` (a JSON object), `tasks` (a JSON list), `variant`.
 
 `features` are request-level values (the user and the context): one value each, transformed once
-and broadcast over the candidates. A feature may come from either place, not both. `user_id` also
-fills the model's user-id feature when that is not given explicitly.
+and broadcast over the candidates. A feature may come from either place, not both. `user_id` (an
+integer within int64 or a string; `recsys_mtl.ids` says which spellings are one id) is the A/B
+unit and also fills the model's user-id feature when that is not given explicitly.
 
-Every check is columnar (Arrow arrays and numpy), never a loop over candidates. Unknown id values
-are not errors: the transform maps them to the reserved row.
+Nothing a client sends reaches a compute kernel unchecked: an Arrow stream is bounded and fully
+validated first (serving/arrow_ipc.py), a JSON body's value count is bounded before it is parsed,
+only the documented column types are accepted, and the serving config's limits (bytes per string
+id, values per list, string-id bytes per request) are enforced before the transform. Every check is
+columnar (Arrow arrays and numpy), never a loop over candidates. Unknown id values are not errors:
+the transform maps them to the reserved row.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +40,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys_mtl.ids import IdError, canonical_scalar, int_from_canonical
 from recsys_mtl.scorer import LoadedModel
+from serving.arrow_ipc import ACCEPTED_TYPES, StreamError, read_stream, type_ok
+from serving.config import Runtime
+
+log = logging.getLogger("serving.request")
 
 JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _TOP_LEVEL = {"user_id", "features", "candidates", "tasks", "variant", "request_id"}
+MAX_TASKS = 64
 
 
 class RequestError(ValueError):
@@ -56,7 +68,10 @@ class RequestError(ValueError):
 
 @dataclass
 class ScoreRequest:
-    """A decoded request: Arrow arrays, one value per candidate, plus one-value request features."""
+    """A decoded request: Arrow arrays, one value per candidate, plus one-value request features.
+
+    `user_id` is the canonical id string (`recsys_mtl.ids`): what the A/B assignment hashes and
+    what fills the model's user-id feature."""
 
     user_id: str
     candidates: dict[str, pa.Array]
@@ -76,23 +91,55 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode(body: bytes, content_type: str | None, max_candidates: int) -> ScoreRequest:
-    """Decode a raw body by its content type (415 for any other type)."""
+def decode(body: bytes, content_type: str | None, limits: Runtime) -> ScoreRequest:
+    """Decode a raw body by its content type (415 for any other type) and enforce the request
+    limits of `limits` (the serving config's runtime section) before anything is transformed.
+
+    Every failure is a RequestError naming the field. Anything else raised while decoding is a
+    bug on our side, but it is the request that triggered it: it is logged with its traceback and
+    answered 400, never a 5xx that one client could use to inflate the error rate."""
     mt = media_type(content_type)
     if mt == JSON or mt.endswith("+json"):
-        return decode_json(body, max_candidates)
-    if mt == ARROW_STREAM:
-        return decode_arrow(body, max_candidates)
-    raise RequestError(
-        "content-type",
-        f"unsupported content type {mt or '(none)'!r}; send {JSON} or {ARROW_STREAM}",
-        status=415,
-    )
+        decoder = decode_json
+    elif mt == ARROW_STREAM:
+        decoder = decode_arrow
+    else:
+        raise RequestError(
+            "content-type",
+            f"unsupported content type {mt or '(none)'!r}; send {JSON} or {ARROW_STREAM}",
+            status=415,
+        )
+    try:
+        req = decoder(body, limits)
+        check_limits(req, limits)
+        return req
+    except RequestError:
+        raise
+    except StreamError as e:
+        raise RequestError(e.field, e.message, e.status) from None
+    except Exception as e:
+        log.warning("unexpected error decoding a %s request (answered 400)", mt, exc_info=True)
+        raise RequestError("body", f"cannot be decoded ({type(e).__name__})", status=400) from None
 
 
-def decode_json(body: bytes, max_candidates: int) -> ScoreRequest:
+def _json_values_bound(body: bytes) -> int:
+    """An upper bound on the number of values in a JSON text, without parsing it: each value but
+    the first is preceded by a comma or opens a container. Strings holding commas only make the
+    bound larger. C-speed (bytes.count)."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
+def decode_json(body: bytes, limits: Runtime) -> ScoreRequest:
     if not body:
         raise RequestError("body", "empty body; expected a JSON object", status=400)
+    # Parsing allocates a Python object per value, on the event loop: bound the count first.
+    if _json_values_bound(body) > limits.max_json_values:
+        raise RequestError(
+            "body",
+            f"more than {limits.max_json_values} JSON values (runtime.max_json_values); send fewer "
+            "candidates or an Arrow stream",
+            status=413,
+        )
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -104,9 +151,9 @@ def decode_json(body: bytes, max_candidates: int) -> ScoreRequest:
         raise RequestError(unknown[0], f"unknown field (allowed: {sorted(_TOP_LEVEL)})")
     if "candidates" not in data:
         raise RequestError("candidates", "required")
-    candidates, n = _json_candidates(data["candidates"], max_candidates)
+    candidates, n = _json_candidates(data["candidates"], limits.max_candidates)
     return ScoreRequest(
-        user_id=_user_id(data.get("user_id")),
+        user_id=_user_id(data.get("user_id"), limits.max_id_bytes),
         candidates=candidates,
         num_candidates=n,
         features=_request_features(data.get("features")),
@@ -116,14 +163,16 @@ def decode_json(body: bytes, max_candidates: int) -> ScoreRequest:
     )
 
 
-def decode_arrow(body: bytes, max_candidates: int) -> ScoreRequest:
+def decode_arrow(body: bytes, limits: Runtime) -> ScoreRequest:
     if not body:
         raise RequestError("body", "empty body; expected an Arrow IPC stream", status=400)
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
-        raise RequestError("body", f"broken Arrow IPC stream: {e}", status=400) from None
-    meta = {k.decode(errors="replace"): v for k, v in (table.schema.metadata or {}).items()}
+        table = read_stream(body, max_decoded_bytes=limits.max_body_bytes, max_rows=limits.max_candidates)
+    except StreamError as e:
+        raise RequestError(e.field, e.message, e.status) from None
+    meta: dict[str, bytes] = {}
+    for k, v in (table.schema.metadata or {}).items():
+        meta[_utf8("metadata", k)] = v
     unknown = sorted(set(meta) - _TOP_LEVEL - {"candidates"})
     if unknown:
         raise RequestError(f"metadata.{unknown[0]}", f"unknown metadata key (allowed: {sorted(_TOP_LEVEL)})")
@@ -136,28 +185,26 @@ def decode_arrow(body: bytes, max_candidates: int) -> ScoreRequest:
         except orjson.JSONDecodeError as e:
             raise RequestError(f"metadata.{key}", f"malformed JSON: {e}", status=400) from None
 
+    def meta_str(key: str) -> str | None:
+        return _utf8(f"metadata.{key}", meta[key]) if key in meta else None
+
     n = table.num_rows
-    _check_count(n, max_candidates)
+    _check_count(n, limits.max_candidates)
     candidates = {name: _combine(table.column(name)) for name in table.column_names}
-    user = meta.get("user_id")
     return ScoreRequest(
-        user_id=_user_id(user.decode(errors="replace") if user is not None else None),
+        user_id=_user_id(meta_str("user_id"), limits.max_id_bytes),
         candidates=candidates,
         num_candidates=n,
         features=_request_features(meta_json("features")),
         tasks=_tasks(meta_json("tasks")),
-        variant=_optional_str(
-            "variant", meta["variant"].decode(errors="replace") if "variant" in meta else None
-        ),
-        request_id=_optional_str(
-            "request_id", meta["request_id"].decode(errors="replace") if "request_id" in meta else None
-        ),
+        variant=_optional_str("variant", meta_str("variant")),
+        request_id=_optional_str("request_id", meta_str("request_id")),
     )
 
 
 def encode_arrow_request(
     candidates: pa.Table | Mapping[str, Any],
-    user_id: str,
+    user_id: str | int,
     features: Mapping[str, Any] | None = None,
     tasks: Sequence[str] | None = None,
 ) -> bytes:
@@ -186,13 +233,21 @@ def _json_type(v: Any) -> str:
     )
 
 
-def _user_id(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, str | int):
-        raise RequestError("user_id", f"required: a string or an integer, got {_json_type(v)}")
-    s = str(v)
-    if not s or len(s) > 256:
-        raise RequestError("user_id", "must be 1 to 256 characters")
-    return s
+def _utf8(where: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(where, "not valid UTF-8") from None
+
+
+def _user_id(v: Any, max_bytes: int) -> str:
+    """The canonical `user_id` (`recsys_mtl.ids.canonical_scalar`): the A/B unit."""
+    if v is None:
+        raise RequestError("user_id", "required: a string or an integer")
+    try:
+        return canonical_scalar(v, max_bytes)
+    except IdError as e:
+        raise RequestError("user_id", str(e)) from None
 
 
 def _optional_str(name: str, v: Any) -> str | None:
@@ -206,8 +261,12 @@ def _optional_str(name: str, v: Any) -> str | None:
 def _tasks(v: Any) -> list[str] | None:
     if v is None:
         return None
-    if not isinstance(v, list) or not v or not all(isinstance(t, str) for t in v):
-        raise RequestError("tasks", "expected a non-empty list of task names")
+    if (
+        not isinstance(v, list)
+        or not 0 < len(v) <= MAX_TASKS
+        or not all(isinstance(t, str) and 0 < len(t) <= 128 for t in v)
+    ):
+        raise RequestError("tasks", f"expected a list of 1 to {MAX_TASKS} task names")
     return v
 
 
@@ -222,9 +281,12 @@ def _check_count(n: int, max_candidates: int) -> None:
 
 def _to_array(where: str, values: Any) -> pa.Array:
     try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError) as e:
+        arr = pa.array(values)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError, RecursionError) as e:
         raise RequestError(where, f"values of mixed or unsupported types ({e})") from None
+    if not type_ok(arr.type):
+        raise RequestError(where, f"unsupported value type {arr.type} (accepted: {ACCEPTED_TYPES})")
+    return arr
 
 
 def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -256,11 +318,13 @@ def _json_candidates(v: Any, max_candidates: int) -> tuple[dict[str, pa.Array], 
         if not all(isinstance(r, dict) for r in v):
             bad = next(i for i, r in enumerate(v) if not isinstance(r, dict))
             raise RequestError(f"candidates[{bad}]", f"expected an object, got {_json_type(v[bad])}")
-        try:
-            batch = pa.RecordBatch.from_pylist(v)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
-            raise RequestError("candidates", f"values of mixed or unsupported types ({e})") from None
-        return {name: batch.column(name) for name in batch.schema.names}, len(v)
+        keys = v[0].keys()
+        if not keys:
+            raise RequestError("candidates[0]", "empty object: send the candidate's features")
+        odd = next((i for i, r in enumerate(v) if r.keys() != keys), None)
+        if odd is not None:  # Arrow would silently take the first row's keys only: lose nothing
+            raise RequestError(f"candidates[{odd}]", "has other features than candidates[0]; send the same")
+        return {k: _to_array(f"candidates.{k}", [r[k] for r in v]) for k in keys}, len(v)
     raise RequestError(
         "candidates", f"expected an object of columns or a list of objects, got {_json_type(v)}"
     )
@@ -272,6 +336,45 @@ def _request_features(v: Any) -> dict[str, pa.Array]:
     if not isinstance(v, dict):
         raise RequestError("features", f"expected an object of feature values, got {_json_type(v)}")
     return {name: _to_array(f"features.{name}", [value]) for name, value in v.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# limits: what a request may cost, enforced before the transform
+# ---------------------------------------------------------------------------------------------
+
+
+def check_limits(req: ScoreRequest, limits: Runtime) -> None:
+    """Bytes per string id, values per list, and string-id bytes per request (serving config,
+    `runtime`). Columnar: a few Arrow kernels per column, no loop over candidates. The transform's
+    cost (hashing is one pass per byte position of the longest id) is bounded by these."""
+    total = 0
+    for where, cols in (("features", req.features), ("candidates", req.candidates)):
+        for name, col in cols.items():
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+                _at_most(f"{where}.{name}", pc.list_value_length(col), limits.max_list_length,
+                         "a list of {} values", "per list (runtime.max_list_length)")  # fmt: skip
+                col = pc.list_flatten(col)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                sizes = pc.binary_length(col)
+                _at_most(f"{where}.{name}", sizes, limits.max_id_bytes,
+                         "a string of {} bytes", "bytes per id (runtime.max_id_bytes)")  # fmt: skip
+                total += pc.sum(sizes).as_py() or 0
+    if total > limits.max_request_id_bytes:
+        raise RequestError(
+            "body",
+            f"{total} bytes of string ids; at most {limits.max_request_id_bytes} per request "
+            "(runtime.max_request_id_bytes)",
+            status=413,
+        )
+
+
+def _at_most(field: str, sizes: pa.Array, limit: int, what: str, unit: str) -> None:
+    """RequestError naming `field` and the first index when a size is over `limit`."""
+    sizes = sizes.fill_null(0)
+    largest = pc.max(sizes).as_py() or 0
+    if largest > limit:
+        i = int(np.argmax(sizes.to_numpy(zero_copy_only=False)))
+        raise RequestError(field, f"{what.format(largest)} at index {i}; at most {limit} {unit}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,14 +433,14 @@ def check_against_model(req: ScoreRequest, model: LoadedModel) -> None:
 
 
 def _user_feature(user_id: str, model: LoadedModel, column: str) -> pa.Array:
-    """`user_id` as the model's user-id feature column, in the type that feature takes."""
+    """`user_id` as the model's user-id feature column, in the type that feature takes (by the
+    same id rules as every other id: `recsys_mtl.ids`)."""
     spec = next(f for f in model.transform.features if f.source == column)
     if spec.value_type == "string":
         return pa.array([user_id])
     try:
-        return pa.array([int(user_id)])
-    except ValueError:
+        return pa.array([int_from_canonical(user_id)], pa.int64())
+    except IdError as e:
         raise RequestError(
-            "user_id",
-            f"model {model.name} takes integer user ids (its feature {column!r}); got {user_id!r}",
+            "user_id", f"model {model.name} takes integer user ids (its feature {column!r}): {e}"
         ) from None

@@ -30,6 +30,7 @@ import orjson
 import pyarrow as pa
 
 from recsys_mtl.scorer import LoadedModel, TaskInfo
+from serving.request import ARROW_STREAM, JSON
 
 
 @dataclass
@@ -112,3 +113,49 @@ def render_arrow(result: ScoreResult) -> bytes:
     with pa.ipc.new_stream(sink, batch.schema) as w:
         w.write_batch(batch)
     return sink.getvalue().to_pybytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# content negotiation
+# ---------------------------------------------------------------------------------------------
+
+OFFERED = (JSON, ARROW_STREAM)  # in order of preference: JSON wins ties and wildcards
+
+
+def _q(params: list[str]) -> float | None:
+    for p in params:
+        key, _, value = p.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return None
+            return q if 0.0 <= q <= 1.0 else None
+    return 1.0
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an `Accept` header (RFC 9110 12.5.1): each offered type takes
+    the q-value of the most specific range that matches it (exact, then type/*, then */*); the
+    highest q > 0 wins, JSON on ties. No header (or an empty one) means JSON; None means nothing
+    offered is acceptable (HTTP 406). A range with a malformed q-value is ignored."""
+    if accept is None or not accept.strip():
+        return JSON
+    ranges: list[tuple[str, str, float]] = []
+    for part in accept.split(",")[:64]:  # a header is bounded by the HTTP parser; so is the work
+        media, *params = part.split(";")
+        typ, _, sub = media.strip().lower().partition("/")
+        q = _q(params)
+        if typ and sub and q is not None:
+            ranges.append((typ, sub, q))
+    best, best_q = None, 0.0
+    for offer in OFFERED:
+        otyp, osub = offer.split("/")
+        q, specificity = None, -1
+        for typ, sub, rq in ranges:
+            s = 2 if (typ, sub) == (otyp, osub) else 1 if (typ == otyp and sub == "*") else 0
+            if ((typ, sub) == ("*", "*") or s > 0) and s > specificity:
+                q, specificity = rq, s
+        if q is not None and q > best_q:
+            best, best_q = offer, q
+    return best

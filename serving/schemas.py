@@ -13,7 +13,11 @@ from pydantic import BaseModel, Field
 
 
 class ScoreRequestModel(BaseModel):
-    user_id: str | int = Field(description="The A/B unit; also fills the model's user-id feature.")
+    user_id: str | int = Field(
+        description="The A/B unit; also fills the model's user-id feature. An integer within int64, or a "
+        "string of at most runtime.max_id_bytes bytes; for a model with integer user ids a string must be "
+        'the canonical decimal form ("42", not "042" or " 42").'
+    )
     features: dict[str, Any] = Field(
         default_factory=dict,
         description="Request-level features (user, context): one value each (a list for sequences).",
@@ -56,7 +60,7 @@ class ErrorResponse(BaseModel):
 
 
 SCORE_EXAMPLE: dict[str, Any] = {
-    "user_id": "u42",
+    "user_id": 42,
     "features": {
         "user_age_bucket": 3,
         "user_gender": 1,

@@ -8,6 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from serving.app import create_app
+from serving.protocol import guarded_protocol
 
 log = logging.getLogger("serving.server")
 
@@ -27,7 +28,8 @@ def run(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a connection cap and a request-head timeout (serving/protocol.py)
+        http=guarded_protocol(app.state.service),
         access_log=access_log,
         log_level=log_level,
         # one process: the models and the inference thread live here; scale out with replicas

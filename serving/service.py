@@ -23,6 +23,7 @@ import hmac
 import logging
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -45,6 +46,28 @@ log = logging.getLogger("serving.service")
 
 class NotReady(RuntimeError):
     """No validated model for the variant yet (HTTP 503)."""
+
+
+# An absolute POSIX path inside a message (a registry file in a load error, say).
+_ABS_PATH = re.compile(r"(?<![\w.>-])/[^\s'\":,()]+")
+PATH_KEYS = frozenset({"path", "registry"})
+
+
+def redact_paths(value: Any, places: dict[str, str]) -> Any:
+    """`value` (JSON-like) without filesystem paths: keys in PATH_KEYS dropped; inside strings each
+    known place (a path, relative or absolute -> its placeholder) and any other absolute path
+    replaced."""
+    if isinstance(value, dict):
+        return {k: redact_paths(v, places) for k, v in value.items() if k not in PATH_KEYS}
+    if isinstance(value, list):
+        return [redact_paths(v, places) for v in value]
+    if isinstance(value, str):
+        for path in sorted(places, key=len, reverse=True):  # the longest first: a root inside another
+            if value == path:
+                return places[path]
+            value = re.sub(rf"(?<![\w./-]){re.escape(path)}(?=[/:])", places[path], value)
+        return _ABS_PATH.sub("<path>", value)
+    return value
 
 
 def _file_signature(path: Path) -> tuple[int, int, str] | None:
@@ -183,7 +206,17 @@ class ScoringService:
         want = os.environ.get(self._admin_env)
         return bool(want) and token is not None and hmac.compare_digest(token.encode(), want.encode())
 
-    def status(self) -> dict[str, Any]:
+    def status(self, with_paths: bool = True) -> dict[str, Any]:
+        """What is served (GET /models). `with_paths=False` leaves out every filesystem path,
+        also inside error messages: what an unauthenticated caller may see."""
+        status = self._status()
+        if with_paths:
+            return status
+        places = {str(self.registry.root): "<registry>", str(self.registry.root.resolve()): "<registry>"}
+        places |= {str(self.config_path): "<config>", str(self.config_path.resolve()): "<config>"}
+        return redact_paths(status, places)
+
+    def _status(self) -> dict[str, Any]:
         cfg = self.config
         variants = []
         for exp, v in cfg.variants():
@@ -231,7 +264,7 @@ class ScoringService:
     ) -> ScoreResult:
         """Decode, route, check and score one request (RequestError for bad input, NotReady)."""
         cfg = self.config
-        req = decode(body, content_type, cfg.runtime.max_candidates)
+        req = decode(body, content_type, cfg.runtime)
         a = self.route(req, admin_token)
         model = self.pool.get(a.variant)
         if model is None:
@@ -243,7 +276,7 @@ class ScoringService:
             raise RequestError("tasks", str(e)) from None
         self.metrics.request_candidates.observe(req.num_candidates)
         job = Job(model=model, request=req, tasks=tasks)
-        scores = await asyncio.wrap_future(self.worker.submit(job))
+        scores = await asyncio.wrap_future(self.worker.submit(job, cfg.runtime.max_queued_candidates))
         if a.variant.shadow is not None:
             self._shadow(a.variant, req, scores)
         return ScoreResult(

@@ -17,13 +17,18 @@ from recsys_mtl.recipe import Recipe
 from recsys_mtl.scorer import load_model
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 from serving.assignment import assign, unit_point
-from serving.config import ConfigError, load_config, parse_config
+from serving.config import ConfigError, Runtime, load_config, parse_config
 from serving.inference import InferenceWorker, Job
 from serving.request import RequestError, check_against_model, decode, encode_arrow_request
 from tests.conftest import ROOT, make_raw_table
 from tests.serving_support import nulls_for_nonfinite, publish, small_recipe
 
 JSON = "application/json"
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def _limits(max_candidates: int, **kw: int) -> Runtime:
+    return Runtime(max_candidates=max_candidates, **kw)
 
 
 def _same_batch(a: FeatureBatch, b: FeatureBatch) -> None:
@@ -147,8 +152,8 @@ def test_concat_equals_transforming_the_concatenated_rows(recipe: Recipe) -> Non
 def test_arrow_and_json_decode_to_the_same_request() -> None:
     cands = {"creative_id": [1, 2, 3], "bid_price": [0.5, None, 2.0]}
     feats = {"hour": 3, "clicked_items": [5, 6]}
-    j = decode(orjson.dumps({"user_id": "u", "features": feats, "candidates": cands}), JSON, 10)
-    a = decode(encode_arrow_request(cands, "u", features=feats), "application/vnd.apache.arrow.stream", 10)
+    j = decode(orjson.dumps({"user_id": "u", "features": feats, "candidates": cands}), JSON, _limits(10))
+    a = decode(encode_arrow_request(cands, "u", features=feats), ARROW, _limits(10))
     for r in (j, a):
         assert r.user_id == "u" and r.num_candidates == 3
         assert r.candidates["creative_id"].to_pylist() == [1, 2, 3]
@@ -173,13 +178,13 @@ def test_arrow_and_json_decode_to_the_same_request() -> None:
 )
 def test_decode_errors_name_the_field(body: bytes, ctype: str, status: int, field: str) -> None:
     with pytest.raises(RequestError) as e:
-        decode(body, ctype, max_candidates=2)
+        decode(body, ctype, _limits(2))
     assert (e.value.status, e.value.field) == (status, field)
 
 
 def test_too_many_candidates() -> None:
     with pytest.raises(RequestError) as e:
-        decode(b'{"user_id": "u", "candidates": {"a": [1, 2, 3]}}', JSON, max_candidates=2)
+        decode(b'{"user_id": "u", "candidates": {"a": [1, 2, 3]}}', JSON, _limits(2))
     assert e.value.field == "candidates" and "limit of 2" in e.value.message
 
 
@@ -197,7 +202,7 @@ def model(recipe: Recipe, tmp_path_factory: pytest.TempPathFactory):
 def _request(model, table: pa.Table):
     table = nulls_for_nonfinite(table)
     cols = {c: table.column(c).combine_chunks() for c in model.input_columns}
-    req = decode(encode_arrow_request(cols, "u"), "application/vnd.apache.arrow.stream", 5000)
+    req = decode(encode_arrow_request(cols, "u"), ARROW, _limits(5000))
     check_against_model(req, model)
     return req
 
@@ -214,7 +219,7 @@ def test_check_against_model_names_unknown_missing_and_nan(model) -> None:
         ),
     }
     for field, t in cases.items():
-        req = decode(encode_arrow_request(t, "u"), "application/vnd.apache.arrow.stream", 10)
+        req = decode(encode_arrow_request(t, "u"), ARROW, _limits(10))
         with pytest.raises(RequestError) as e:
             check_against_model(req, m)
         assert e.value.field == field and e.value.status == 422

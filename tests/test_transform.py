@@ -185,8 +185,16 @@ def test_feeds_a_real_embedding_bag_collection(recipe, raw_table) -> None:
 
 
 BAD_INPUT = [
-    ({"a": ["x", "y"]}, "a: expected integer ids, got string"),
-    ({"a": [1.5, 2.0]}, "a: expected integer ids, got non-integral numbers"),
+    ({"a": ["x", "y"]}, "a: expected integer ids; strings must be canonical decimal integers"),
+    ({"a": [1.5, 2.0]}, "a: expected integer ids within int64, got a non-integral or out-of-range number"),
+    ({"a": [1.0, 2.0**63]}, "out-of-range number (at index 1)"),
+    (
+        {"a": pa.array([1, 2**64 - 1], pa.uint64())},
+        "above the int64 maximum 2^63-1 (at index 1)",
+    ),
+    ({"a": ["42", "9223372036854775808"]}, "a: integer id outside the int64 range (at index 1)"),
+    ({"a": [True, False]}, "a: expected integer ids, got bool"),
+    ({"a": pa.array([b"1", b"2"])}, "a: expected integer ids, got binary"),
     ({"a": [[1], [2]]}, "a: expected one value per row, got a list"),
     ({"a": [1, 2], "seq": [1, 2]}, "seq: expected a list of values per row"),
     ({"a": [1, 2], "seq": [[1], [2]], "x": ["1", "2"]}, "x: expected numbers, got string"),
@@ -207,3 +215,41 @@ def test_bad_input_names_the_field(cols, msg) -> None:
     with pytest.raises(TransformError) as e:
         t(cols)
     assert msg in str(e.value)
+
+
+# Spellings Python's int() accepts that are not the canonical decimal form: each would give one
+# embedding row but a different A/B bucket than "12", so they are refused, never reinterpreted.
+NON_CANONICAL = [" 12", "12 ", "012", "+12", "1_2", "１２", "-0", "", "12.0", "0x0c"]
+
+
+@pytest.mark.parametrize("text", NON_CANONICAL)
+def test_integer_ids_refuse_non_canonical_spellings(text: str) -> None:
+    t = FeatureTransform([spec(name="a", kind="id", hash_size=101, embedding_dim=4)])
+    with pytest.raises(TransformError, match="a: expected integer ids; strings must be canonical"):
+        t({"a": ["12", text]})
+
+
+def test_an_integer_id_is_one_row_however_it_travels() -> None:
+    """42 as int64, uint8, an integral float and the string "42": one row; huge ids as strings work."""
+    t = FeatureTransform([spec(name="a", kind="id", hash_size=100003, embedding_dim=4)])
+    big = 2**63 - 1
+    forms = [
+        pa.array([42, big, -(2**63)], pa.int64()),
+        pa.array([42.0, None, None]),
+        pa.array(["42", str(big), str(-(2**63))]),
+    ]
+    rows = [t({"a": f}).sparse.values().tolist() for f in forms]
+    assert rows[0] == rows[2]
+    assert rows[1][0] == rows[0][0] and rows[1][1:] == [0, 0]
+    assert t({"a": pa.array([42], pa.uint8())}).sparse.values().tolist() == rows[0][:1]
+
+
+def test_string_ids_take_integers_as_their_decimal_strings() -> None:
+    t = FeatureTransform([spec(name="d", kind="id", value_type="string", hash_size=101, embedding_dim=4)])
+    assert t({"d": [42, -7]}).sparse.values().tolist() == t({"d": ["42", "-7"]}).sparse.values().tolist()
+
+
+def test_dense_values_beyond_int64_are_numbers_not_errors() -> None:
+    t = FeatureTransform([spec(name="x", kind="dense", log=True)])
+    out = t({"x": pa.array([2**64 - 1, 0], pa.uint64())}).dense
+    assert torch.isfinite(out).all() and out[0, 0] > 40  # log1p(1.8e19) = 44.4
