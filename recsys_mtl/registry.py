@@ -3,7 +3,12 @@
 ```
 REGISTRY/NAME/VERSION/manifest.json   what the model is and what it needs (see recsys_mtl.export)
 REGISTRY/NAME/VERSION/model.pt        the artifact (TorchScript), its sha256 in the manifest
-REGISTRY/NAME/current.json            {"version": "3", "previous": "2", "promoted_at": ...}
+REGISTRY/NAME/current.json            {"version": "3", "previous": "2", "promoted_at": ...,
+                                       "history": ["2", "1"]} (versions current before, newest first)
+REGISTRY/NAME/rollbacks.json          {"3": {"rolled_back_at": ..., "to": "2", "by": "rollback"}}:
+                                      versions taken out of service, which the nightly job never
+                                      promotes again
+REGISTRY/NAME/.promote.lock           the lock every change of current.json / rollbacks.json holds
 REGISTRY/NAME/.tmp-*                  an export in progress (or one that crashed): never a version
 ```
 
@@ -14,14 +19,31 @@ Guarantees, and how they are kept:
   to its version name (one atomic `rename(2)`) and fsyncs the parent, so after a crash the version
   is either complete or absent. Readers list only directories whose names are valid versions, and
   dot-prefixed names never are.
+- The temporary directory of an exporter that died is removed by the next export at once, and a
+  live exporter's never: each exporter holds an exclusive `flock` on `.lock` inside its directory
+  for as long as it lives (the kernel drops it when the process dies, however it dies), and the
+  lock file only gets its name once it is locked, so a cleaner that can take the lock knows the
+  owner is gone. A directory without a lock file (an exporter of an older release, or one killed
+  in the instant between its last write and its rename) is removed only once it is an hour old.
 - Versions are immutable: a version directory is never rewritten; a new model is a new version.
 - Default versions are plain decimal integers ("1", "2", ..., no zero padding: the API sorts them
   numerically, and "3" is what a person types in an A/B config). Concurrent exporters never get the
   same version: each takes max + 1 and renames; `rename` onto an existing (non-empty) version
   fails, and the loser retries with the next number. An explicit version (e.g. a date, which makes
   a nightly export idempotent) must not exist yet.
-- `current.json` changes only by `promote`, by an atomic replace of the whole file, so a reader
-  sees the old pointer or the new one. A version is stored and compared as a string.
+- `current.json` changes only by `promote` (and `rollback`, which promotes), by an atomic replace
+  of the whole file, so a reader sees the old pointer or the new one. A version is stored and
+  compared as a string. Every change takes `.promote.lock`, so a compare-and-swap
+  (`promote(..., expect=V)`: only if V is still current) cannot interleave with another promote.
+- A rollback is remembered: `rollback`, and any `promote` that moves current to an older version
+  (the plain `Registry.promote` one-liner operators used before `recsys-mtl rollback` existed),
+  records the version taken out of service in `rollbacks.json`; `promote(..., unless_rolled_back
+  =True)` (the nightly job's) refuses it. An operator who promotes it again by hand clears it.
+- Every name and version read from a file (current.json's version, a pointer) goes through
+  `check_name` before it becomes a path, so a crafted pointer such as {"version": "../../etc"}
+  is refused, never followed.
+- A write the filesystem refuses (full disk, quota, read-only, I/O error) is a `RegistryWriteError`
+  naming the registry path; nothing half-written stays visible.
 
 This module is the local-filesystem backend. DESIGN.md names fsspec/pyarrow filesystems as the
 scale-out path; object stores have no atomic directory rename, so a remote backend would commit a
@@ -33,34 +55,104 @@ This module imports no torch and no training code: the server reads the registry
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import enum
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "current.json"
+ROLLBACKS_FILE = "rollbacks.json"
+PROMOTE_LOCK = ".promote.lock"
 TMP_PREFIX = ".tmp-"
+# Inside a temporary directory: the exporter's lock. Named only once locked (see _Staging).
+STAGING_LOCK = ".lock"
 # Names and versions become directory names: no separators, no leading dot (dot = temporary).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # "current" and "latest" are references, never version names.
 _RESERVED = {"current", "latest"}
-# A temporary directory this old is the leftover of a crashed export (an export takes seconds).
+# A temporary directory without a lock file this old is the leftover of a crashed export (an
+# export takes seconds); one with a lock file is judged by its lock, at once.
 STALE_TMP_SECONDS = 3600.0
+# How many earlier current versions current.json remembers (what `rollback` goes back through).
+HISTORY_MAX = 50
+# Write failures that mean the filesystem is out of room.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class RegistryError(ValueError):
     """A registry request that cannot be served: unknown name or version, a taken version, a bad name."""
 
 
+class PromoteConflict(RegistryError):
+    """`promote(..., expect=V)` found another version current: someone promoted (or rolled back)
+    since the caller looked. Nothing was promoted (or published)."""
+
+    def __init__(self, path: Path, expected: str | None, actual: str | None) -> None:
+        self.expected, self.actual = expected, actual
+
+        def v(x: str | None) -> str:
+            return f"v{x}" if x is not None else "no version"
+
+        super().__init__(
+            f"{path}: current is {v(actual)}, not {v(expected)} as expected: it changed since it was "
+            "read (another promote or a rollback); nothing was promoted"
+        )
+
+
+class RolledBackError(RegistryError):
+    """The version was rolled back by an operator; an automatic promote must not bring it back."""
+
+
+class IntegrityError(RegistryError):
+    """A registry file does not match the size or sha256 its manifest records."""
+
+
+class RegistryWriteError(OSError):
+    """The filesystem refused a registry write (full disk, quota, read-only, I/O error). Nothing
+    half-written is visible; the message names the registry path and what was not done."""
+
+    def __init__(self, path: Path, what: str, cause: OSError) -> None:
+        name = errno.errorcode.get(cause.errno or 0, "")
+        hint = ""
+        if cause.errno in _NO_ROOM:
+            hint = " (no room: the filesystem is full or over a quota or size limit; free some space)"
+        elif cause.errno == errno.EROFS:
+            hint = " (the filesystem is mounted read-only)"
+        self.message = (
+            f"{path}: cannot write to the registry: {cause.strerror or cause}"
+            f"{f' [{name}]' if name else ''}{hint}; {what}"
+        )
+        super().__init__(cause.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+# `promote(..., expect=UNSET)`: no compare-and-swap. (`expect=None` means "expect no current".)
+UNSET: Final = _Unset.UNSET
+# What a compare-and-swap expects to be current: a version, None (nothing), or UNSET (no check).
+Expect = str | None | _Unset
+
+
 def check_name(kind: str, value: str) -> str:
+    """`value` if it is a safe directory name (no separator, no leading dot, not a reference);
+    RegistryError otherwise. Every name read from a file goes through here before it is a path."""
     if not isinstance(value, str) or not _NAME_RE.match(value) or value in _RESERVED:
         raise RegistryError(
             f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
@@ -72,6 +164,10 @@ def check_name(kind: str, value: str) -> str:
 def _version_key(v: str) -> tuple[int, int, str]:
     """Sort key: integer versions numerically, then the others by name."""
     return (0, int(v), "") if v.isdigit() else (1, 0, v)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -94,11 +190,82 @@ def _json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
 
 
+def _replace_synced(d: Path, target: str, data: bytes) -> None:
+    """Replace d/target atomically (temporary file, fsync, rename, fsync d)."""
+    tmp = d / f"{TMP_PREFIX}{target}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        _write_file_synced(tmp, data)
+        os.replace(tmp, d / target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(d)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None if another live process holds it.
+    FileNotFoundError if there is no such file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Staging:
+    """A temporary directory for one export, locked for as long as this process lives.
+
+    The lock file is created under another name, locked, then renamed to STAGING_LOCK, so a
+    STAGING_LOCK that a cleaner can lock belongs to a process that is gone. It is unlinked just
+    before the directory is renamed to its version (the open fd keeps the lock until `close`), so
+    versions never contain it."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.path = model_dir / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.path.mkdir()
+        self.fd: int | None = None
+        try:
+            self._lock()
+        except BaseException:
+            self.close(remove=True)
+            raise
+
+    def _lock(self) -> None:
+        pending = self.path / f"{STAGING_LOCK}.new"
+        fd = os.open(pending, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # no flock here (some network filesystems): age-based cleaning only
+            os.close(fd)
+            pending.unlink()
+            return
+        self.fd = fd
+        os.replace(pending, self.path / STAGING_LOCK)
+
+    def unlock_name(self) -> None:
+        """Remove the lock file's name before the directory becomes a version."""
+        (self.path / STAGING_LOCK).unlink(missing_ok=True)
+
+    def close(self, remove: bool) -> None:
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class Registry:
     """A model registry rooted at a local directory (created on first publish).
 
-    Reading: `names`, `versions`, `manifest`, `current`, `resolve`, `version_dir`.
-    Writing: `publish` (a new immutable version) and `promote` (switch current.json).
+    Reading: `names`, `versions`, `manifest`, `current`, `current_record`, `resolve`,
+    `version_dir`, `rolled_back`, `read_verified`.
+    Writing: `publish` (a new immutable version, optionally promoted in the same locked step),
+    `promote` (switch current.json, optionally as a compare-and-swap) and `rollback`.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -157,19 +324,37 @@ class Registry:
             raise RegistryError(f"{p}: the manifest is not a JSON object")
         return data
 
-    def current(self, name: str) -> str | None:
-        """The promoted version of `name`, or None if none was promoted."""
-        p = self.root / check_name("model name", name) / CURRENT_FILE
+    def _read_json(self, p: Path) -> dict[str, Any] | None:
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError:
             return None
         except (OSError, json.JSONDecodeError) as e:
             raise RegistryError(f"{p}: unreadable ({e})") from None
-        v = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise RegistryError(f"{p}: not a JSON object")
+        return data
+
+    def current_record(self, name: str) -> dict[str, Any] | None:
+        """current.json ({"version", "previous", "promoted_at", "history"}) or None, its version
+        checked as a name (a crafted pointer such as {"version": "../../etc"} is refused here)."""
+        p = self.root / check_name("model name", name) / CURRENT_FILE
+        data = self._read_json(p)
+        if data is None:
+            return None
+        v = data.get("version")
         if v is None:
             raise RegistryError(f"{p}: no 'version' in it")
-        return str(v)
+        try:
+            data["version"] = check_name("version", str(v))
+        except RegistryError as e:
+            raise RegistryError(f"{p}: refusing its pointer: {e}") from None
+        return data
+
+    def current(self, name: str) -> str | None:
+        """The promoted version of `name`, or None if none was promoted."""
+        data = self.current_record(name)
+        return None if data is None else str(data["version"])
 
     def resolve(self, name: str, ref: str | int = "current") -> str:
         """A reference -> an existing version: "current" (current.json), "latest" (the highest
@@ -192,27 +377,166 @@ class Registry:
         self.version_dir(name, v)  # exists and is complete
         return v
 
+    def rolled_back(self, name: str) -> dict[str, dict[str, Any]]:
+        """Versions taken out of service by a rollback (version -> when, to what, by what), which
+        the nightly job never promotes again; {} if none."""
+        data = self._read_json(self.root / check_name("model name", name) / ROLLBACKS_FILE)
+        return {str(k): dict(v) for k, v in (data or {}).items() if isinstance(v, dict)}
+
+    def read_verified(self, name: str, version: str | int, entry: Mapping[str, Any]) -> bytes:
+        """The bytes of a version's file described by a manifest entry {"file", "sha256", "bytes"},
+        checked against both before they are returned, so the caller loads exactly what was
+        checked (there is no window in which the file could change in between).
+
+        Raises:
+            RegistryError: no such version, or an entry without file/sha256.
+            IntegrityError: the file's size or sha256 differs from the manifest's.
+        """
+        d = self.version_dir(name, version)
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
+            raise RegistryError(f"{d}: the manifest entry {entry!r} has no file and sha256")
+        p = d / check_name("file name", str(entry.get("file")))
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise RegistryError(f"{p}: cannot read it ({e.strerror})") from None
+        want_bytes = entry.get("bytes")
+        if want_bytes is not None and len(data) != int(want_bytes):
+            raise IntegrityError(
+                f"{p}: {len(data)} bytes, the manifest says {want_bytes}: the file was modified or "
+                "truncated; refusing to load it"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise IntegrityError(
+                f"{p}: sha256 mismatch (manifest {entry['sha256'][:16]}..., file {digest[:16]}...): "
+                "the file was modified or corrupted; refusing to load it"
+            )
+        return data
+
     # ---- writing ---------------------------------------------------------------------------
-    def promote(self, name: str, version: str | int) -> None:
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        """Hold the model's promote lock (blocking): every change of current.json and
+        rollbacks.json happens under it, so a compare-and-swap is one."""
+        d = self.root / check_name("model name", name)
+        try:
+            fd = os.open(d / PROMOTE_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+        except FileNotFoundError:
+            raise RegistryError(f"{self.root}: no model {name!r}") from None
+        except OSError as e:
+            raise RegistryWriteError(d, "nothing was promoted", e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield d
+        finally:
+            os.close(fd)
+
+    def promote(
+        self,
+        name: str,
+        version: str | int,
+        *,
+        expect: Expect = UNSET,
+        unless_rolled_back: bool = False,
+    ) -> str | None:
         """Point current.json at an existing version, by atomic replace (a reader sees the old
-        pointer or the new one, never a mix)."""
+        pointer or the new one, never a mix), under the model's promote lock. Returns the version
+        that was current before.
+
+        Args:
+            expect: compare-and-swap: promote only if this version (None: no version) is still
+                current, else PromoteConflict and nothing changes. For a caller that decided on
+                the strength of what was current (the nightly job gates against it).
+            unless_rolled_back: refuse (RolledBackError) a version recorded as rolled back. An
+                automatic promote passes True; a person promoting a rolled-back version on
+                purpose does not, and that clears its record.
+
+        Moving current to an older version records the version it replaces as rolled back, so
+        the plain one-liner counts as a rollback too.
+        """
         v = check_name("version", str(version))
         self.version_dir(name, v)
-        d = self.root / name
-        previous = self.current(name)
+        with self._locked(name) as d:
+            return self._promote_locked(d, name, v, expect, unless_rolled_back, rollback=False)
+
+    def rollback(self, name: str, to: str | int | None = None) -> tuple[str, str]:
+        """Take the current version out of service: record it as rolled back (the nightly job
+        never promotes it again) and make `to` current; by default the most recent of the
+        versions current before it (current.json's history) that is older than it and not rolled
+        back itself, else the newest such version. Returns (rolled-back version, new current)."""
+        with self._locked(name) as d:
+            record = self.current_record(name)
+            if record is None:
+                raise RegistryError(f"{self.root}: model {name!r} has no current version to roll back")
+            cur = str(record["version"])
+            if to is not None:
+                target = check_name("version", str(to))
+                if target == cur:
+                    raise RegistryError(f"{self.root}: v{cur} of {name!r} is already current")
+            else:
+                target = self._rollback_target(name, cur, record)
+            self.version_dir(name, target)
+            self._promote_locked(d, name, target, UNSET, False, rollback=True)
+            return cur, target
+
+    def _rollback_target(self, name: str, cur: str, record: Mapping[str, Any]) -> str:
+        rolled = self.rolled_back(name)
+        versions = self.versions(name)
+        history = [str(h) for h in (record.get("history") or [record.get("previous")]) if h is not None]
+        for v in [*history, *reversed(versions)]:  # the history first, then the newest older one
+            if v in versions and v not in rolled and _version_key(v) < _version_key(cur):
+                return v
+        raise RegistryError(
+            f"{self.root}: no earlier version of {name!r} to roll back to from v{cur} "
+            f"(rolled back already: {sorted(rolled, key=_version_key) or 'none'}); name one with --to"
+        )
+
+    def _promote_locked(
+        self,
+        d: Path,
+        name: str,
+        v: str,
+        expect: Expect,
+        unless_rolled_back: bool,
+        rollback: bool,
+    ) -> str | None:
+        record = self.current_record(name)
+        previous = None if record is None else str(record["version"])
+        if expect is not UNSET and previous != expect:
+            raise PromoteConflict(d / CURRENT_FILE, expect, previous)
+        rolled = self.rolled_back(name)
+        if v in rolled and unless_rolled_back:
+            r = rolled[v]
+            raise RolledBackError(
+                f"{d}: v{v} was rolled back ({r.get('by', 'rollback')} at {r.get('rolled_back_at')}, "
+                f"to v{r.get('to')}): not promoting it again automatically (promote it by hand to "
+                "bring it back)"
+            )
+        changed = v in rolled
+        rolled.pop(v, None)  # promoted on purpose: back in service
+        if previous is not None and previous != v and (rollback or _version_key(v) < _version_key(previous)):
+            rolled[previous] = {
+                "rolled_back_at": _now(),
+                "to": v,
+                "by": "rollback" if rollback else "promote to an older version",
+            }
+            changed = True
+        old_history = [] if record is None else record.get("history") or [record.get("previous")]
+        history = list(dict.fromkeys(str(h) for h in [previous, *old_history] if h is not None and h != v))
         data = {
             "version": v,
             "previous": previous,
-            "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "promoted_at": _now(),
+            "history": history[:HISTORY_MAX],
         }
-        tmp = d / f"{TMP_PREFIX}{CURRENT_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
-            _write_file_synced(tmp, _json_bytes(data))
-            os.replace(tmp, d / CURRENT_FILE)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(d)
+            if changed:  # first: a crash in between leaves a record, never an unrecorded rollback
+                _replace_synced(d, ROLLBACKS_FILE, _json_bytes(rolled))
+            _replace_synced(d, CURRENT_FILE, _json_bytes(data))
+        except OSError as e:
+            raise RegistryWriteError(d, f"v{v} was not promoted (current.json is unchanged)", e) from e
+        return previous
 
     def next_version(self, name: str) -> str:
         """One more than the highest integer version (or "1"). Only a hint under concurrency:
@@ -227,6 +551,9 @@ class Registry:
         manifest: Mapping[str, Any],
         version: str | int | None = None,
         max_attempts: int = 100,
+        *,
+        promote: bool = False,
+        expect: Expect = UNSET,
     ) -> str:
         """Write a new version atomically and return its name.
 
@@ -236,11 +563,17 @@ class Registry:
             manifest: written as manifest.json, with "name" and "version" filled in.
             version: an explicit version (must not exist yet); None takes the next integer.
             max_attempts: how many versions to try when concurrent exporters race for numbers.
+            promote: make it current in the same step: the rename that makes the version visible
+                and the switch of current.json happen under the promote lock.
+            expect: with `promote`, a compare-and-swap (see `promote`): checked under the lock
+                before the version becomes visible, so a conflict publishes nothing.
 
         Raises:
-            RegistryError: a bad name or file name, or an explicit version that exists.
-            OSError: the filesystem failed; no version is visible and no temporary files are left
-                (except after a hard kill, which `clean_stale` collects).
+            RegistryError: a bad name or file name, or an explicit version that exists;
+                PromoteConflict (nothing published).
+            RegistryWriteError: the filesystem refused a write; no version is visible and no
+                temporary files are left (except after a hard kill, which the next export
+                collects).
         """
         check_name("model name", name)
         for fname in files:
@@ -248,40 +581,71 @@ class Registry:
                 raise RegistryError(f"invalid file name {fname!r} for a registry version")
         explicit = None if version is None else check_name("version", str(version))
         d = self.root / name
-        created_root = not self.root.exists()
-        d.mkdir(parents=True, exist_ok=True)
-        if created_root:
-            _fsync_dir(self.root.parent)
-        _fsync_dir(self.root)
-        self.clean_stale(name)
-        tmp = d / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
         try:
-            for fname, data in files.items():
-                _write_file_synced(tmp / fname, data)
-            floor = 1  # past numbers already found taken (even by a directory that is no version)
-            for _ in range(max_attempts):
-                v = explicit if explicit is not None else str(max(int(self.next_version(name)), floor))
+            created_root = not self.root.exists()
+            d.mkdir(parents=True, exist_ok=True)
+            if created_root:
+                _fsync_dir(self.root.parent)
+            _fsync_dir(self.root)
+            self.clean_stale(name)
+            staging = _Staging(d)
+        except OSError as e:
+            raise RegistryWriteError(d, "nothing was published", e) from e
+        done = False
+        try:
+            try:
+                for fname, data in files.items():
+                    _write_file_synced(staging.path / fname, data)
+            except OSError as e:
+                raise RegistryWriteError(d, "nothing was published", e) from e
+            with self._locked(name) if promote else contextlib.nullcontext(d):
+                v = self._commit(staging, name, manifest, explicit, max_attempts, promote, expect)
+            done = True
+            return v
+        finally:
+            staging.close(remove=not done)
+
+    def _commit(
+        self,
+        staging: _Staging,
+        name: str,
+        manifest: Mapping[str, Any],
+        explicit: str | None,
+        max_attempts: int,
+        promote: bool,
+        expect: Expect,
+    ) -> str:
+        """Rename the staged directory to a free version (and promote it)."""
+        d = self.root / name
+        if promote and expect is not UNSET and (cur := self.current(name)) != expect:
+            raise PromoteConflict(d / CURRENT_FILE, expect, cur)
+        tmp = staging.path
+        floor = 1  # past numbers already found taken (even by a directory that is no version)
+        for _ in range(max_attempts):
+            v = explicit if explicit is not None else str(max(int(self.next_version(name)), floor))
+            try:
                 self._write_manifest(tmp, {**manifest, "name": name, "version": v})
+                staging.unlock_name()
                 _fsync_dir(tmp)
-                try:
-                    # Linux replaces an existing *empty* directory; a version never is one.
-                    os.rename(tmp, d / v)
-                except OSError as e:
-                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    if explicit is not None:
-                        raise RegistryError(
-                            f"{d / v} already exists: versions are immutable, choose another --version"
-                        ) from None
-                    floor = int(v) + 1  # another exporter took this number: take a later one
-                    continue
+                # Linux replaces an existing *empty* directory; a version never is one.
+                os.rename(tmp, d / v)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise RegistryWriteError(d, "nothing was published", e) from e
+                if explicit is not None:
+                    raise RegistryError(
+                        f"{d / v} already exists: versions are immutable, choose another --version"
+                    ) from None
+                floor = int(v) + 1  # another exporter took this number: take a later one
+                continue
+            try:
                 _fsync_dir(d)
-                return v
-            raise RegistryError(f"{d}: no free version after {max_attempts} attempts")
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            except OSError as e:
+                raise RegistryWriteError(d, f"v{v} was renamed into place but not synced", e) from e
+            if promote:
+                self._promote_locked(d, name, v, UNSET, False, rollback=False)
+            return v
+        raise RegistryError(f"{d}: no free version after {max_attempts} attempts")
 
     @staticmethod
     def _write_manifest(tmp: Path, manifest: Mapping[str, Any]) -> None:
@@ -290,7 +654,8 @@ class Registry:
         _write_file_synced(p, _json_bytes(manifest))
 
     def clean_stale(self, name: str, older_than_s: float = STALE_TMP_SECONDS) -> list[str]:
-        """Remove temporary directories/files of exports that died (older than `older_than_s`)."""
+        """Remove what dead exporters left: a temporary directory whose lock no process holds (at
+        once), one without a lock file or a temporary file once older than `older_than_s`."""
         d = self.root / check_name("model name", name)
         removed: list[str] = []
         if not d.is_dir():
@@ -300,13 +665,23 @@ class Registry:
             if not p.name.startswith(TMP_PREFIX):
                 continue
             try:
-                if now - p.stat().st_mtime < older_than_s:
+                if p.is_dir() and (p / STAGING_LOCK).exists():
+                    fd = _try_lock(p / STAGING_LOCK)
+                    if fd is None:
+                        continue  # a live exporter's
+                    try:
+                        shutil.rmtree(p)
+                    finally:
+                        os.close(fd)
+                elif now - p.stat().st_mtime < older_than_s:
                     continue
-                if p.is_dir():
+                elif p.is_dir():
                     shutil.rmtree(p)
                 else:
                     p.unlink()
                 removed.append(p.name)
-            except FileNotFoundError:  # another process cleaned it first
+            except FileNotFoundError:  # renamed to its version, or another process cleaned it first
+                continue
+            except OSError:  # not ours to remove (permissions): never a reason to fail an export
                 continue
         return removed

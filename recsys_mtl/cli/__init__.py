@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "export a trained run to the model registry as TorchScript (fp32 or int8)"),
     "serve": ("serve", "serve registry models over HTTP: POST /score, A/B variants, hot reload"),
     "nightly": ("nightly", "the nightly job: validate, train, gate against serving, publish, report"),
+    "rollback": ("rollback", "point a model's current version back and record it as rolled back"),
     "demo": ("demo", "run the main job end to end on generated data (what `make demo` runs)"),
 }
 
