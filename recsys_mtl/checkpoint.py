@@ -16,13 +16,20 @@ other number of ranks (TorchRec reshards), or into a plain unsharded model on on
 (`no_dist=True`), which is what evaluation and export do. Only the last `KEEP` checkpoints stay.
 Everything written here is tensors or JSON: loading never unpickles arbitrary objects
 (`torch.load(..., weights_only=True)`).
+
+Pointers are names, never paths: latest.json's `dir` must be a plain directory name
+(`recsys_mtl.registry.check_name`), so a crafted {"dir": "../../x"} is refused, not followed. A
+warm start from a registry goes through `Registry` (the same check on current.json's version) and
+reads weights.pt only after its size and sha256 match the version's manifest (`registry_weights`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from recsys_mtl.distributed import ReplicatedTableOptimizer
-from recsys_mtl.run import write_json_atomic
+from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, Registry, RegistryError, check_name
+from recsys_mtl.run import RunError, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +54,23 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(checkpoint directory, its progress) of the newest complete checkpoint, or None."""
+    """(checkpoint directory, its progress) of the newest complete checkpoint, or None.
+
+    Raises:
+        RunError: latest.json is unreadable or its `dir` is not a plain directory name of this
+            run's checkpoints (a crafted pointer is refused, never followed).
+    """
     p = checkpoints_dir(run_dir) / LATEST
     if not p.is_file():
         return None
-    pointer = json.loads(p.read_text())
-    ck = checkpoints_dir(run_dir) / pointer["dir"]
-    return ck, json.loads((ck / "progress.json").read_text())
+    try:
+        pointer = json.loads(p.read_text())
+        name = check_name("checkpoint directory", pointer["dir"])
+        ck = checkpoints_dir(run_dir) / name
+        progress = json.loads((ck / "progress.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:  # RegistryError, JSONDecodeError
+        raise RunError(f"{p}: not a usable checkpoint pointer ({e})") from None
+    return ck, progress
 
 
 def save_training_checkpoint(
@@ -159,3 +177,54 @@ def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> Non
                 )
             dst.copy_(src)
     model.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class RegistryWeights:
+    """A registry version's fp32 weights (weights.pt), read and checked against its manifest."""
+
+    name: str
+    version: str
+    path: Path
+    data: bytes
+    verified: bool  # False only for a version exported before weights.pt had a checksum
+
+    def describe(self) -> str:
+        return f"{self.path} (v{self.version}, {'sha256 checked' if self.verified else 'UNVERIFIED'})"
+
+
+def registry_weights(source: Path) -> RegistryWeights | None:
+    """The weights a warm start takes from a registry directory, or None if `source` is none.
+
+    `source` is a model directory (REGISTRY/NAME, with current.json: its current version, as the
+    nightly job used to pass) or a version directory (REGISTRY/NAME/VERSION, with manifest.json).
+    Both are resolved through `Registry`, so current.json's version is checked as a name before
+    it becomes a path, and weights.pt is read once, its size and sha256 checked against the
+    manifest's `weights` entry, and those same bytes returned (nothing to swap in between).
+    A version exported before weights.pt had a checksum (no `weights` entry) loads with a warning.
+
+    Raises:
+        RegistryError: a crafted or dangling pointer, no such version, no weights.pt;
+            IntegrityError (a subclass): weights.pt does not match its manifest.
+    """
+    src = Path(os.path.abspath(source))
+    if (src / CURRENT_FILE).is_file():
+        reg, name = Registry(src.parent), src.name
+        version = reg.resolve(name, "current")
+    elif (src / MANIFEST_FILE).is_file():
+        reg, name, version = Registry(src.parent.parent), src.parent.name, src.name
+    else:
+        return None
+    from recsys_mtl.export import WEIGHTS_FILE
+
+    d = reg.version_dir(name, version)
+    entry = reg.manifest(name, version).get("weights")
+    if entry is not None:
+        data = reg.read_verified(name, version, entry)
+    else:
+        p = d / WEIGHTS_FILE
+        if not p.is_file():
+            raise RegistryError(f"{d}: no {WEIGHTS_FILE} to warm-start from")
+        log.warning("%s: exported before weights were checksummed: loading %s unverified", d, WEIGHTS_FILE)
+        data = p.read_bytes()
+    return RegistryWeights(name, version, d / WEIGHTS_FILE, data, verified=entry is not None)

@@ -30,6 +30,9 @@ manifest.json (kind "recsys-mtl-model", manifest_version 1):
     export        {seconds, parity: {batch_sizes, max_abs_diff (vs the fp32 eager model)}}
     golden        {columns, outputs}: 8 raw rows and the artifact's outputs on them; the server
                   re-scores them before it serves (`LoadedModel.validate`)
+    weights       {format: "torch-state-dict", file: "weights.pt", sha256, bytes}: the fp32 weights
+                  a warm start reads (`recsys_mtl.checkpoint.registry_weights` checks them first)
+    companions    {int8: {file: "model.int8.pt", sha256, bytes, golden_outputs, ...}} (--also-int8)
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import torch
 
 from recsys_mtl.models.model import MultiTaskModel
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.registry import Registry
+from recsys_mtl.registry import UNSET, Expect, Registry
 from recsys_mtl.scorer import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
@@ -262,6 +265,7 @@ def export_model(
     source_run: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    expect: Expect = UNSET,
 ) -> ExportResult:
     """Script `model` (optionally with int8 tables), check it against the eager model, and publish
     it as a new registry version with its manifest; promote it to current if asked.
@@ -275,15 +279,20 @@ def export_model(
         int8_companion: with an fp32 export, also write an int8 build of the same weights
             (`model.int8.pt`, its own sha256 and golden outputs under the manifest's
             `companions.int8`); servers load it for variants whose `int8` flag is on.
-        promote: switch current.json to the new version once it is published.
+        promote: switch current.json to the new version as it is published (one locked step).
         version: an explicit version; default the next integer.
         data, metrics, source_run: provenance recorded in the manifest (see the module docstring).
         extra_files: more files for the version directory (e.g. a nightly report).
         extra_manifest: more top-level manifest entries (e.g. "nightly": date, gate decision).
+        expect: with `promote`, publish and promote only if this version (None: none) is still
+            current (`Registry.publish`): the version the caller compared the model against.
 
     Raises:
         ExportError: the artifact does not reproduce the model (fp32) or gives non-finite outputs.
-        RegistryError: a bad name, or an explicit version that exists.
+        RegistryError: a bad name, or an explicit version that exists; PromoteConflict (a
+            subclass) when `expect` is no longer current: nothing was published.
+        RegistryWriteError: the registry's filesystem refused a write (e.g. full): nothing was
+            published.
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     t0 = time.perf_counter()
@@ -345,7 +354,14 @@ def export_model(
         },
     }
     manifest.update(extra_manifest or {})
-    files = {MODEL_FILE: blob, WEIGHTS_FILE: weights_bytes(model), **(extra_files or {})}
+    weights = weights_bytes(model)
+    manifest["weights"] = {
+        "format": "torch-state-dict",
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_bytes(weights),
+        "bytes": len(weights),
+    }
+    files = {MODEL_FILE: blob, WEIGHTS_FILE: weights, **(extra_files or {})}
     if int8_companion and not int8:
         q_blob = artifact_bytes(script_model(model, int8=True))
         q_art = TorchScriptArtifact.from_bytes(q_blob)
@@ -367,9 +383,7 @@ def export_model(
                 "golden_outputs": {k: v.tolist() for k, v in q_golden.items()},
             }
         }
-    v = reg.publish(name, files, manifest, version=version)
-    if promote:
-        reg.promote(name, v)
+    v = reg.publish(name, files, manifest, version=version, promote=promote, expect=expect)
     path = reg.version_dir(name, v)
     log.info(
         "exported %s/%s (%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
@@ -405,6 +419,7 @@ def export_run(
     version: str | int | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    expect: Expect = UNSET,
 ) -> ExportResult:
     """Export a finished training run: its consolidated model, recipe, transform, data range and
     held-out metrics (see `export_model`)."""
@@ -432,4 +447,5 @@ def export_run(
         source_run=source,
         extra_files=extra_files,
         extra_manifest=extra_manifest,
+        expect=expect,
     )

@@ -25,7 +25,7 @@ ranks), which on a machine shared with other work estimates what the loop does o
 from __future__ import annotations
 
 import datetime as dt
-import json
+import io
 import logging
 import math
 import shutil
@@ -42,11 +42,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from recsys_mtl.checkpoint import (
+    RegistryWeights,
     checkpoints_dir,
     latest_checkpoint,
     load_full_weights,
     load_model_weights,
     load_training_checkpoint,
+    registry_weights,
     save_training_checkpoint,
 )
 from recsys_mtl.dataset import DataError, inspect_partitions, list_partitions
@@ -306,20 +308,19 @@ def _run_header(
     }
 
 
-def _warm_start_checkpoint(source: Path) -> Path:
+def _warm_start_checkpoint(source: Path) -> Path | RegistryWeights:
     """What to warm-start from: a run directory (its latest checkpoint), a checkpoint directory,
-    a registry version directory (its weights.pt) or a registry model directory (its current
-    version, as the nightly job does)."""
+    a registry version directory (its weights.pt, as the nightly job passes) or a registry model
+    directory (its current version). Registry sources go through `registry_weights`: pointers
+    are checked as names and weights.pt against its manifest's sha256 before anything loads."""
     latest = latest_checkpoint(source)
     if latest is not None:
         return latest[0]
     if (source / ".metadata").is_file():  # a DCP checkpoint directory
         return source
-    if (source / "weights.pt").is_file():  # a registry version directory
-        return source / "weights.pt"
-    if (source / "current.json").is_file():  # a registry model directory: its current version
-        version = json.loads((source / "current.json").read_text())["version"]
-        return _warm_start_checkpoint(source / str(version))
+    weights = registry_weights(source)
+    if weights is not None:
+        return weights
     raise DataError("nothing to warm-start from (no checkpoint in it)", source)
 
 
@@ -384,12 +385,13 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
         log.info("--resume: no checkpoint yet in %s; starting from step 0", cfg.out)
     if cfg.warm_start and latest is None:
         src = _warm_start_checkpoint(Path(cfg.warm_start))
-        if src.suffix == ".pt":  # a registry version's unsharded weights
-            load_full_weights(model, torch.load(src, weights_only=True))
+        if isinstance(src, RegistryWeights):  # a registry version's unsharded, verified weights
+            load_full_weights(model, torch.load(io.BytesIO(src.data), weights_only=True))
         else:
             load_model_weights(model, src)
         if ctx.is_main:
-            log.info("warm start: model weights from %s", src)
+            where = src.describe() if isinstance(src, RegistryWeights) else src
+            log.info("warm start: model weights from %s", where)
 
     if ctx.is_main:
         log.info(

@@ -9,7 +9,10 @@ import errno
 import hashlib
 import json
 import os
+import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -25,17 +28,25 @@ import pytest
 import torch
 import yaml
 
-from recsys_mtl.export import MODEL_FILE, export_model, export_run
+from recsys_mtl.checkpoint import LATEST, checkpoints_dir, latest_checkpoint, registry_weights
+from recsys_mtl.export import MODEL_FILE, WEIGHTS_FILE, export_model, export_run
 from recsys_mtl.metrics import auc
 from recsys_mtl.models import build_model, total_loss
 from recsys_mtl.recipe import Recipe, recipe_from_dict
-from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, TMP_PREFIX, Registry, RegistryError
-from recsys_mtl.run import LoadedRun, load_run
+from recsys_mtl.registry import (
+    CURRENT_FILE,
+    MANIFEST_FILE,
+    TMP_PREFIX,
+    IntegrityError,
+    Registry,
+    RegistryError,
+)
+from recsys_mtl.run import LoadedRun, RunError, load_run
 from recsys_mtl.scorer import LoadedModel, ModelLoadError, load_model
 from recsys_mtl.synth import SynthConfig, generate
 from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform, TransformError
-from tests.conftest import RECIPE_PATH, cli, make_raw_table
+from tests.conftest import BIN, RECIPE_PATH, cli, make_raw_table
 
 NAME = "small"
 BINARY = ("ctr", "cvr", "ctcvr")
@@ -218,6 +229,13 @@ def test_manifest_fields_and_checksum(exported: Exported) -> None:
         assert m["outputs"]["hazard_long"]["shape"] == ["N", 16]
         assert [t["name"] for t in m["tasks"]] == [*BINARY, *HAZARD]
         assert m["export"]["parity"]["max_abs_diff"] <= (0.05 if int8 else 1e-5)
+        weights = (exported.registry / NAME / v / WEIGHTS_FILE).read_bytes()
+        assert m["weights"] == {
+            "format": "torch-state-dict",
+            "file": WEIGHTS_FILE,
+            "sha256": hashlib.sha256(weights).hexdigest(),
+            "bytes": len(weights),
+        }
     exported.fp32.validate()
     exported.int8.validate()
     assert "exported small version 1 (fp32" in exported.export_stdout
@@ -385,6 +403,76 @@ def test_export_refuses_bad_input(tmp_path: Path) -> None:
         assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
         assert "Traceback" not in r.stderr
     assert not reg.exists()
+
+
+def _fill_disk(limit: int) -> None:
+    """In the child: files may not grow past `limit` bytes; a write past it fails with EFBIG
+    instead of killing the process (SIGXFSZ ignored). A full disk, as far as the writer can tell."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(exported: Exported, tmp_path: Path) -> None:
+    """`recsys-mtl export` onto a filesystem that refuses the write: exit 1 (not 2, "bad
+    arguments"), one line naming the registry path and the errno, no version, no temp dir."""
+    root = tmp_path / "reg"
+    shutil.copytree(exported.registry, root)
+    before = sorted(p.name for p in (root / NAME).iterdir())
+    current = (root / NAME / CURRENT_FILE).read_bytes()
+    r = subprocess.run(
+        [str(BIN), "export", "--run", str(exported.run_dir), "--registry", str(root), "--name", NAME],
+        preexec_fn=lambda: _fill_disk(64 * 1024),  # model.pt is larger than this
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"{root / NAME}: cannot write to the registry" in r.stderr and "[EFBIG]" in r.stderr
+    assert "nothing was published" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in (root / NAME).iterdir()) == before
+    assert (root / NAME / CURRENT_FILE).read_bytes() == current
+
+
+def _train_warm(exported: Exported, source: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return cli(
+        *("train", "--recipe", str(exported.run_dir.parent / "small.yaml"), "--data", str(exported.data)),
+        *("--out", str(out), "--warm-start", str(source), "--max-steps", "2", "--no-progress"),
+    )
+
+
+def test_warm_start_checks_weights_and_refuses_crafted_pointers(exported: Exported, tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    shutil.copytree(exported.registry, root)
+    ok = registry_weights(root / NAME)  # the model directory: its current version (1)
+    assert ok is not None and ok.version == "1" and ok.verified
+    assert ok.data == (root / NAME / "1" / WEIGHTS_FILE).read_bytes()
+    assert registry_weights(tmp_path) is None  # not a registry directory at all
+    # one flipped bit in weights.pt: refused before anything loads it, by the real trainer too
+    p = root / NAME / "1" / WEIGHTS_FILE
+    blob = bytearray(p.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    p.write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="sha256 mismatch"):
+        registry_weights(root / NAME / "1")
+    r = _train_warm(exported, root / NAME / "1", tmp_path / "warm")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"{p}: sha256 mismatch" in r.stderr and "Traceback" not in r.stderr
+    # current.json pointing out of the registry: refused, not followed
+    (root / NAME / CURRENT_FILE).write_text(json.dumps({"version": "../../etc"}))
+    with pytest.raises(RegistryError, match="refusing its pointer"):
+        registry_weights(root / NAME)
+    r = _train_warm(exported, root / NAME, tmp_path / "warm2")
+    assert r.returncode == 2 and "refusing its pointer" in r.stderr, r.stderr[-3000:]
+    # a run's latest.json pointing outside its checkpoints: refused too (warm start and export)
+    run = tmp_path / "run"
+    shutil.copytree(exported.run_dir, run)
+    assert latest_checkpoint(run) is not None
+    (checkpoints_dir(run) / LATEST).write_text(json.dumps({"step": 60, "dir": "../../x"}))
+    with pytest.raises(RunError, match=re.escape("invalid checkpoint directory '../../x'")):
+        latest_checkpoint(run)
+    with pytest.raises(RunError, match="not a usable checkpoint pointer"):
+        load_run(run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ changes only with --promote.
 The exported model is checked against the trained one before it is published (batch sizes 1, 7,
 64); --int8 quantizes the embedding tables to int8 (TorchRec inference quantization).
 
+Exit codes: 0 published; 1 the export failed: the artifact does not reproduce the model, or the
+registry's filesystem refused a write (full disk, quota, read-only, I/O error; the message names
+the registry path), and nothing was published; 2 bad arguments (a missing run, a bad name, an
+existing --version).
+
 examples:
   recsys-mtl export --run runs/home --registry registry --name ads_ranker --promote
   recsys-mtl export --run runs/home --registry registry --name ads_ranker --int8 --version 2026-01-07
@@ -53,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(FileNotFoundError(f"{args.run}: not a training run (no run.json)"))
 
     from recsys_mtl.export import ExportError, export_run
+    from recsys_mtl.registry import RegistryWriteError
 
     try:
         res = export_run(
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             promote=args.promote,
             version=args.version,
         )
-    except ExportError as e:
+    except (ExportError, RegistryWriteError) as e:  # not the arguments: the model or the disk
         return fail(e, code=1)
     except (OSError, ValueError) as e:  # RunError, RegistryError, RecipeError
         return fail(e)
