@@ -13,11 +13,15 @@ For date D, with W = the recipe's `nightly.window_days`:
   (date, validation, gate decision) in the manifest, and promoted by atomic rename of current.json;
   running servers pick it up on their next reload check. A failed gate publishes nothing (exit 4)
   and leaves its report in WORK/NAME/D/report/.
+- Publish and promote are one compare-and-swap under the registry's promote lock: only if the
+  version the model was warm-started from and gated against is still current. If someone promoted
+  or rolled back meanwhile, nothing is published (exit 5) and the next start trains the date again.
 
 Idempotent per date: a date whose model is in the registry is not trained again (it is only
-promoted if a crash came between publish and promote); a date whose gate failed is not re-run;
-`--force` re-runs either. Crash-safe: training checkpoints every `nightly.checkpoint_every` steps
-into WORK/NAME/D/run, and a second start resumes from the latest checkpoint.
+promoted if a crash came between publish and promote, and never once an operator rolled it back);
+a date whose gate failed is not re-run; `--force` re-runs either. Crash-safe: training checkpoints
+every `nightly.checkpoint_every` steps into WORK/NAME/D/run, and a second start resumes from the
+latest checkpoint.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 
 from recsys_mtl.dataset import DataError, list_partitions
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.registry import Registry, RegistryError
+from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
 from recsys_mtl.run import write_json_atomic
 
 log = logging.getLogger("pipelines.nightly")
@@ -48,6 +52,9 @@ EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_DATA = 3
 EXIT_GATE = 4
+# Current changed between the start of the run and its publish (a promote or a rollback by
+# someone else): nothing published. A re-run trains again from, and gates against, the new current.
+EXIT_CONFLICT = 5
 
 STATE_FILE = "state.json"
 
@@ -146,6 +153,29 @@ def published_version_for(reg: Registry, name: str, day: str) -> str | None:
 
 
 def run_nightly(cfg: NightlyConfig) -> Outcome:
+    """The whole job for one date: `gate_day`, then `publish_gated` if the gate passed."""
+    gated = gate_day(cfg)
+    return gated if isinstance(gated, Outcome) else publish_gated(cfg, gated)
+
+
+@dataclass
+class GatedRun:
+    """A model trained and gated for a date, not yet published: what `publish_gated` needs."""
+
+    serving_version: str | None  # what it was warm-started from and gated against
+    run_dir: Path
+    window: list[str]
+    validation: dict[str, Any]
+    decision: dict[str, Any]
+    report_files: list[Path]
+    report_dir: Path
+    steps: Steps
+
+
+def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
+    """Steps 1-5: validate the day, train (warm-started from the version current now), evaluate
+    new vs that version, gate, report. An Outcome when the job ends here (already done, bad data,
+    training failed, gate failed); a GatedRun when the model may be published."""
     reg = Registry(cfg.registry)
     steps = Steps(total=6)
     done = _already_done(cfg, reg)
@@ -173,16 +203,26 @@ def run_nightly(cfg: NightlyConfig) -> Outcome:
         _write_state(cfg, "data_failed", reason=msg)
         return Outcome(EXIT_DATA, msg, timings=steps.timings)
 
+    # One read of current for the whole run: the warm start, the comparison and the gate all use
+    # this version, and the publish promotes only if it is still current (compare-and-swap).
     serving_version = reg.current(cfg.name) if cfg.name in reg.names() else None
     run_dir = cfg.work_dir / "run"
+    earlier = _read_state(cfg)
+    if "warm_start" in earlier and earlier["warm_start"] != serving_version and run_dir.exists():
+        # an earlier attempt (killed, or one that lost its promotion) trained from another version
+        log.info(
+            "the earlier attempt of %s trained from %s; current is %s now: training again from it",
+            cfg.day, _v(earlier["warm_start"]), _v(serving_version),
+        )  # fmt: skip
+        shutil.rmtree(run_dir)
     with steps.step(
         "train",
         f"{cfg.recipe.model.type} on {window[0]}..{window[-1]} ({len(window)} day(s)), "
         f"{cfg.nproc} process(es), "
         + (f"warm start from v{serving_version}" if serving_version else "cold start (no current model)"),
     ):
-        _write_state(cfg, "training")
-        rc = _train(cfg, run_dir, window, warm_start=serving_version is not None)
+        _write_state(cfg, "training", warm_start=serving_version)
+        rc = _train(cfg, run_dir, window, warm_start=serving_version)
     if rc != 0:
         _write_state(cfg, "train_failed", exit_code=rc)
         return Outcome(EXIT_ERROR if rc != EXIT_BAD_INPUT else EXIT_BAD_INPUT, f"training failed (exit {rc})")
@@ -228,25 +268,68 @@ def run_nightly(cfg: NightlyConfig) -> Outcome:
         return Outcome(
             EXIT_GATE, f"quality gate failed: {decision['reason']}", None, report_dir, steps.timings
         )
+    return GatedRun(
+        serving_version, run_dir, window, validation.as_dict(), decision, files, report_dir, steps
+    )
 
+
+def publish_gated(cfg: NightlyConfig, gated: GatedRun) -> Outcome:
+    """Step 6: export (fp32 + int8), publish and promote in one locked step, only if the version
+    the model was gated against is still current; otherwise nothing is published (EXIT_CONFLICT)."""
     from recsys_mtl.export import export_run
 
+    reg = Registry(cfg.registry)
+    steps = gated.steps
     with steps.step("publish", f"export (fp32 + int8), publish and promote {cfg.name}"):
-        record = {"date": cfg.day, "train_days": [window[0], window[-1]], "validation": validation.as_dict()}
-        record["gate"] = decision
-        res = export_run(
-            run_dir,
-            reg,
-            cfg.name,
-            int8_companion=True,
-            extra_files={p.name: p.read_bytes() for p in files},
-            extra_manifest={"nightly": record},
-        )
-        reg.promote(cfg.name, res.version)
+        record = {"date": cfg.day, "train_days": [gated.window[0], gated.window[-1]]}
+        record.update(validation=gated.validation, gate=gated.decision)
+        _write_state(cfg, "publishing", gated_against=gated.serving_version)
+        try:
+            res = export_run(
+                gated.run_dir,
+                reg,
+                cfg.name,
+                int8_companion=True,
+                promote=True,
+                expect=gated.serving_version,
+                extra_files={p.name: p.read_bytes() for p in gated.report_files},
+                extra_manifest={"nightly": record},
+            )
+        except PromoteConflict as e:
+            return _conflict(
+                cfg,
+                e,
+                "nothing was published; run the date again to train and gate it against the version "
+                "current now",
+                gated.report_dir,
+                steps.timings,
+            )
     _write_state(cfg, "published", version=res.version)
-    msg = f"published and promoted {cfg.name} v{res.version} for {cfg.day} ({decision['reason']})"
+    msg = f"published and promoted {cfg.name} v{res.version} for {cfg.day} ({gated.decision['reason']})"
     log.info("%s; report: %s", msg, res.path / "report.html")
     return Outcome(EXIT_OK, msg, res.version, res.path, steps.timings)
+
+
+def _conflict(
+    cfg: NightlyConfig,
+    e: PromoteConflict,
+    outcome: str,
+    report_dir: Path | None,
+    timings: dict[str, float],
+) -> Outcome:
+    """Current moved while the job ran: nothing promoted; the next start of the date trains again
+    from, and gates against, the version current then (its state's warm_start differs)."""
+    _write_state(cfg, "promote_conflict", expected=e.expected, found=e.actual)
+    msg = (
+        f"promotion conflict: the model was gated against {_v(e.expected)}, but {_v(e.actual)} became "
+        f"current while the job ran (another promote or a rollback): {outcome}"
+    )
+    log.error("%s", msg)
+    return Outcome(EXIT_CONFLICT, msg, None, report_dir, timings)
+
+
+def _v(version: str | None) -> str:
+    return "no version" if version is None else f"v{version}"
 
 
 def _f(v: float | None) -> str:
@@ -254,19 +337,44 @@ def _f(v: float | None) -> str:
 
 
 def _already_done(cfg: NightlyConfig, reg: Registry) -> Outcome | None:
-    """The outcome of an earlier run for the same date, unless --force."""
+    """The outcome of an earlier run for the same date, unless --force.
+
+    A published date is never promoted again, except to finish a run that crashed between its
+    publish and its promote (its state says "publishing"), and even then only as a
+    compare-and-swap against the version it was gated against, and never if an operator rolled
+    the version back (`Registry.rolled_back`)."""
     if cfg.force:
         return None
     version = published_version_for(reg, cfg.name, cfg.day) if cfg.name in reg.names() else None
+    state = _read_state(cfg)
     if version is not None:
+        rolled = reg.rolled_back(cfg.name).get(version)
+        if rolled is not None:
+            return Outcome(
+                EXIT_OK,
+                f"{cfg.day} already published as v{version}, which was rolled back to "
+                f"v{rolled.get('to')} at {rolled.get('rolled_back_at')}: not promoted again, nothing "
+                "to do (--force trains the date again as a new version)",
+                version,
+            )
         crashed_before_promote = (
-            _read_state(cfg).get("status") != "published"
+            state.get("status") == "publishing"
             and reg.current(cfg.name) != version
             and _newest_nightly(reg, cfg.name) == version
         )
-        # (a version that was promoted and later rolled back is left alone: state says published)
         if crashed_before_promote:
-            reg.promote(cfg.name, version)
+            try:
+                reg.promote(cfg.name, version, expect=state.get("gated_against"), unless_rolled_back=True)
+            except PromoteConflict as e:
+                return _conflict(
+                    cfg,
+                    e,
+                    f"v{version} stays published, not promoted; --force trains the date again",
+                    None,
+                    {},
+                )
+            except RolledBackError as e:  # rolled back since the check above
+                return Outcome(EXIT_OK, f"{cfg.day} already published as v{version}: {e}", version)
             _write_state(cfg, "published", version=version)
             return Outcome(
                 EXIT_OK, f"{cfg.day} was published as v{version} but not promoted: promoted it now", version
@@ -274,7 +382,6 @@ def _already_done(cfg: NightlyConfig, reg: Registry) -> Outcome | None:
         return Outcome(
             EXIT_OK, f"{cfg.day} already published as v{version}: nothing to do (--force re-runs it)", version
         )
-    state = _read_state(cfg)
     if state.get("status") == "gate_failed":
         return Outcome(
             EXIT_GATE,
@@ -301,9 +408,11 @@ def _training_days(cfg: NightlyConfig) -> list[str]:
     return [d.isoformat() for d in sorted(days)]
 
 
-def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: bool) -> int:
+def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: str | None) -> int:
     """`recsys-mtl train` in a child process (its ranks die with this job's process group), resumed
-    from its latest checkpoint when an earlier attempt was interrupted."""
+    from its latest checkpoint when an earlier attempt was interrupted; warm-started from the
+    registry version `warm_start` by its own directory (not current.json, which may move while
+    the job runs), its weights checked against the manifest by the trainer."""
     from recsys_mtl.checkpoint import latest_checkpoint
 
     info_path = run_dir / "run.json"
@@ -322,8 +431,8 @@ def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: boo
         cmd.append("--resume")
     else:
         cmd.append("--overwrite")
-        if warm_start:
-            cmd += ["--warm-start", str(cfg.registry / cfg.name)]
+        if warm_start is not None:
+            cmd += ["--warm-start", str(Registry(cfg.registry).version_dir(cfg.name, warm_start))]
     if cfg.epochs:
         cmd += ["--epochs", str(cfg.epochs)]
     if cfg.threads:

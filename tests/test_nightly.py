@@ -9,6 +9,8 @@ The tests share one registry and server and run in file order.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -24,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from recsys_mtl.recipe import Recipe
+from pipelines.nightly import EXIT_CONFLICT, GatedRun, NightlyConfig, gate_day, publish_gated
+from recsys_mtl.recipe import Recipe, load_recipe
 from recsys_mtl.registry import Registry
 from recsys_mtl.synth import SynthConfig, generate
 from serving.process import ServerProcess
@@ -252,11 +255,60 @@ def test_a_killed_run_resumes_from_its_checkpoint(env: Env) -> None:
 
 def test_a_rerun_does_not_undo_a_rollback(env: Env) -> None:
     reg = Registry(env.registry)
-    reg.promote(NAME, "2")  # an operator rolls back from v3
+    reg.promote(NAME, "2")  # an operator rolls back from v3 (the documented one-liner of old)
+    assert set(reg.rolled_back(NAME)) == {"3"}  # moving current back is recorded as a rollback
     r = env.nightly(DAYS[3])  # e.g. the scheduler's catch-up re-runs the date of v3
     assert r.returncode == 0 and "already published as v3" in r.stdout
     assert reg.current(NAME) == "2"
     env.server.wait_for(lambda: env.served_version() == "2", timeout=60, what="the rollback to v2")
+
+
+def test_a_forced_rerun_that_fails_its_gate_does_not_undo_a_rollback(env: Env) -> None:
+    """v3 was rolled back to v2. A `--force` re-run of v3's date fails its gate (its training days
+    shuffled); a plain re-run of the date after it used to promote v3 again ("crashed between
+    publish and promote") and exit 0. It must leave v2 current."""
+    reg = Registry(env.registry)
+    worse = env.root / "recipe-shuffled.yaml"  # written by the shuffled-labels test above
+    r = env.nightly(DAYS[3], "--force", data=env.root / "data-shuffled", recipe=worse)
+    assert r.returncode == 4 and "quality gate failed" in r.stdout, r.stdout + r.stderr
+    r = env.nightly(DAYS[3])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "already published as v3, which was rolled back to v2" in r.stdout
+    assert reg.current(NAME) == "2" and reg.versions(NAME) == ["1", "2", "3"]
+    assert env.served_version() == "2"
+
+
+def test_a_promote_between_gate_and_publish_is_a_conflict(env: Env, recipe: Recipe) -> None:
+    """The job gates against the version current when it starts and publishes only if that
+    version is still current: an operator's promote in between makes it publish nothing and end
+    with its own exit code. Driven through the job's two halves (gate_day, publish_gated) with the
+    operator's promote between them."""
+    path = _test_recipe(recipe, env.root / "recipe-loose.yaml")
+    d = yaml.safe_load(path.read_text())
+    d["nightly"]["gate"].update(tolerance=1.0, tolerances={})  # passes: the gate is not under test
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    cfg = NightlyConfig(
+        date=dt.date.fromisoformat(DAYS[3]),
+        recipe_path=path,
+        recipe=load_recipe(path),
+        data_dir=env.data,
+        registry=env.registry,
+        name=NAME,
+        work=env.root / "work-conflict",
+        force=True,  # the date is published (v3, rolled back): train it again as a new version
+        threads=1,
+    )
+    reg = Registry(env.registry)
+    gated = gate_day(cfg)
+    assert isinstance(gated, GatedRun) and gated.serving_version == "2", gated
+    reg.promote(NAME, "1")  # an operator, while the job was about to publish
+    out = publish_gated(cfg, gated)
+    assert out.code == EXIT_CONFLICT == 5, out
+    assert "gated against v2, but v1 became current" in out.message and "nothing was published" in out.message
+    assert reg.versions(NAME) == ["1", "2", "3"] and reg.current(NAME) == "1"
+    state = json.loads((cfg.work_dir / "state.json").read_text())
+    assert (state["status"], state["expected"], state["found"]) == ("promote_conflict", "2", "1")
+    env.server.wait_for(lambda: env.served_version() == "1", timeout=60, what="the promote to v1")
 
 
 def test_bad_arguments(env: Env) -> None:
@@ -265,7 +317,7 @@ def test_bad_arguments(env: Env) -> None:
 
 
 def test_the_server_was_never_restarted(env: Env) -> None:
-    # one server process followed versions 1 -> 2 -> 3 -> 2 (rollback) by hot reload
+    # one server process followed versions 1 -> 2 -> 3 -> 2 (rollback) -> 1 by hot reload
     assert env.server.proc.poll() is None
     log = env.server.log()
     assert "replacing v1" in log and "replacing v2" in log and "replacing v3" in log

@@ -3,10 +3,15 @@ days before it, warm-started from the serving model -> evaluate new vs serving o
 quality gate per task -> export, publish and promote only if it passes -> report (HTML + PNGs).
 
 Exit codes: 0 published (or nothing to do: the date is already published), 1 internal error,
-2 bad arguments or recipe, 3 data validation failed, 4 quality gate failed (nothing published).
-Idempotent per date (--force re-runs a date); a killed run resumes from its checkpoint when it is
-started again. Settings (window, validation bounds, gate tolerances and floors) are in the
-recipe's `nightly` section. See docs/OPERATIONS.md for scheduling and rollback.
+2 bad arguments or recipe, 3 data validation failed, 4 quality gate failed (nothing published),
+5 promotion conflict: the current version changed while the job ran (someone promoted or rolled
+back), so the model gated against the old one was not published; a re-run trains the date again
+against the new current.
+Publishing is a compare-and-swap on current.json, and a version rolled back with `recsys-mtl
+rollback` is never promoted again by this job. Idempotent per date (--force re-runs a date); a
+killed run resumes from its checkpoint when it is started again. Settings (window, validation
+bounds, gate tolerances and floors) are in the recipe's `nightly` section. See docs/OPERATIONS.md
+for scheduling and rollback.
 
 example:
   recsys-mtl nightly --date 2026-01-08 --recipe configs/ads_ranker.yaml --data data \\
