@@ -578,23 +578,28 @@ def _code_blocks(lang: str) -> list[str]:
 
 
 def test_operations_rollback_one_liner_works(tmp_path: Path) -> None:
-    """The documented rollback command, run against a registry with versions 1-3 (3 current)."""
+    """The documented `recsys-mtl rollback` lines, run in order against a registry with versions
+    1-4 (promoted in turn, 4 current): --list changes nothing, the plain one goes back to 3 and
+    records 4 as rolled back, --to 2 goes to 2."""
     reg = Registry(tmp_path / "registry")
-    for _ in range(3):
-        reg.publish("ads_ranker", {"model.pt": b"x"}, {"created_at": "now"})
-    reg.promote("ads_ranker", "3")
+    for _ in range(4):
+        v = reg.publish("ads_ranker", {"model.pt": b"x"}, {"created_at": "now"})
+        reg.promote("ads_ranker", v)
     lines = [
-        line.strip()
+        line.split("#")[0].strip()
         for block in _code_blocks("bash")
         for line in block.splitlines()
-        if "Registry(" in line and ".promote(" in line and line.strip().startswith(".venv/bin/python -c")
+        if line.strip().startswith(".venv/bin/recsys-mtl rollback")
     ]
-    assert lines, "no `.venv/bin/python -c ...promote(...)` rollback line in docs/OPERATIONS.md"
-    cmd = shlex.split(lines[0])
-    cmd[0] = sys.executable
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert reg.current("ads_ranker") == "2"
+    assert len(lines) == 3, f"expected the three `.venv/bin/recsys-mtl rollback` lines, got {lines}"
+    expected = [("4", set()), ("3", {"4"}), ("2", {"3", "4"})]
+    for line, (current, rolled_back) in zip(lines, expected, strict=True):
+        cmd = shlex.split(line)
+        cmd[0] = str(BIN)
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (line, r.stderr)
+        assert reg.current("ads_ranker") == current, line
+        assert set(reg.rolled_back("ads_ranker")) == rolled_back, line
 
 
 def test_operations_examples_parse() -> None:
