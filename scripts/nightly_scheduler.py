@@ -85,6 +85,12 @@ OUTCOMES: dict[int, tuple[str, str, str]] = {
         "the new model failed the quality gate: nothing published, the serving model is unchanged; "
         "read the report in WORK/NAME/DATE/report/ (a re-run of this date needs --force)",
     ),
+    5: (
+        "WARNING",
+        "promote_conflict",
+        "the current version changed while the job ran (a promote or a rollback): nothing "
+        "published; a re-run trains the date again against the new current",
+    ),
 }
 
 

@@ -413,6 +413,7 @@ def test_scheduler_once_uses_the_real_clock() -> None:
         (2, "ERROR", "bad_config"),
         (3, "WARNING", "data_invalid"),
         (4, "WARNING", "gate_failed"),
+        (5, "WARNING", "promote_conflict"),
         (9, "ERROR", "unexpected"),
     ],
 )
