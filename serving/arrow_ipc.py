@@ -96,7 +96,8 @@ class _Flat:
         n = self._read("<I", vec)
         if vec + 4 + 16 * n > len(self.buf):
             raise StreamError("body", "broken Arrow IPC stream: message metadata out of bounds")
-        return [(self._read("<q", vec + 4 + 16 * i), self._read("<q", vec + 12 + 16 * i)) for i in range(n)]
+        flat = struct.unpack_from(f"<{2 * n}q", self.buf, vec + 4)
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
 
 @dataclass

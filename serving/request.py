@@ -283,10 +283,22 @@ def _to_array(where: str, values: Any) -> pa.Array:
     try:
         arr = pa.array(values)
     except (pa.ArrowException, OverflowError, TypeError, ValueError, RecursionError) as e:
-        raise RequestError(where, f"values of mixed or unsupported types ({e})") from None
+        arr = _as_floats(values)
+        if arr is None:
+            raise RequestError(where, f"values of mixed or unsupported types ({e})") from None
     if not type_ok(arr.type):
         raise RequestError(where, f"unsupported value type {arr.type} (accepted: {ACCEPTED_TYPES})")
     return arr
+
+
+def _as_floats(values: list[Any]) -> pa.Array | None:
+    """Numbers Arrow cannot hold as int64 (JSON integers in [2^63, 2^64), which orjson keeps as
+    Python ints) as float64: a dense feature takes them as they are, an id feature then refuses
+    them by name as out of the int64 range. None when the values are not all numbers. Runs only
+    after the fast conversion failed."""
+    if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
+        return None
+    return pa.array([None if v is None else float(v) for v in values], pa.float64())
 
 
 def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -370,10 +382,9 @@ def check_limits(req: ScoreRequest, limits: Runtime) -> None:
 
 def _at_most(field: str, sizes: pa.Array, limit: int, what: str, unit: str) -> None:
     """RequestError naming `field` and the first index when a size is over `limit`."""
-    sizes = sizes.fill_null(0)
-    largest = pc.max(sizes).as_py() or 0
+    largest = pc.max(sizes).as_py() or 0  # nulls are skipped
     if largest > limit:
-        i = int(np.argmax(sizes.to_numpy(zero_copy_only=False)))
+        i = int(np.argmax(sizes.fill_null(0).to_numpy(zero_copy_only=False)))
         raise RequestError(field, f"{what.format(largest)} at index {i}; at most {limit} {unit}")
 
 
