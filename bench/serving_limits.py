@@ -314,7 +314,7 @@ def main() -> int:
                     f"{name}: {r['bytes'] / 2**20:.2f} MiB, status {r['status']}, "
                     f"own p50 {ms(r['own_s']):.1f} ms; "
                     f"the normal request behind it waited p50 {statistics.median(r['waited_ms']):.1f} ms, "
-                    f"max {max(r['waited_ms']):.1f} ms",
+                    f"p95 {np.percentile(r['waited_ms'], 95):.1f} ms, max {max(r['waited_ms']):.1f} ms",
                     flush=True,
                 )
             result["memory"] = memory(server.url, pid, base.user_id)

@@ -127,6 +127,12 @@ class Runtime(_Strict):
     max_batch_candidates: int = Field(
         default=4096, ge=1, description="concurrent requests are merged into one forward up to this"
     )
+    max_forward_candidates: int = Field(
+        default=512,
+        ge=1,
+        description="a merged batch larger than this runs as several forwards of this size, and requests "
+        "that arrive meanwhile are served between them: nobody waits behind a whole large request",
+    )
     reload_interval_s: float = Field(
         default=2.0, gt=0.0, description="how often current.json and the config file are checked"
     )

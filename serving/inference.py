@@ -8,6 +8,11 @@ see `FeatureTransform.__call__(shared=...)`), concatenates them, runs ONE forwar
 outputs back by row offsets. There is no timer: an idle server runs a lone request immediately, so
 batching adds no latency when there is nothing to batch with.
 
+A merged batch larger than `max_forward_candidates` runs as several forwards of that size, and
+between two of them the requests that arrived meanwhile get one round of their own: a 500-candidate
+request that lands just behind a 2000-candidate one waits for one chunk (a few ms), not for the
+whole of it. Rows are independent in every model, so chunked outputs equal one forward's.
+
 Each request keeps the `LoadedModel` object it was routed to, so a hot swap never changes the model
 under a request that is already queued or running. A request whose features fail the transform
 gets its own error; the others in the round are unaffected.
@@ -67,8 +72,11 @@ def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
         raise RequestError("candidates", f"cannot be transformed ({type(e).__name__})") from None
 
 
-def score_jobs(jobs: list[Job]) -> tuple[int, int]:
-    """Score jobs that share one model in a single forward; resolve each job's future.
+def score_jobs(
+    jobs: list[Job], chunk: int | None = None, between: Callable[[], None] | None = None
+) -> tuple[int, int]:
+    """Score jobs that share one model in a single forward (or, with `chunk`, in forwards of at
+    most `chunk` rows, calling `between` after every one but the last); resolve each job's future.
 
     Returns (requests, candidates) that went through the forward.
     """
@@ -87,7 +95,7 @@ def score_jobs(jobs: list[Job]) -> tuple[int, int]:
     try:
         batch = FeatureBatch.concat(batches)
         tasks = {t.name: t for j in ok for t in j.tasks}
-        scores = model.postprocess(model.predict(batch), list(tasks.values()))
+        scores = model.postprocess(_forward(model, batch, chunk, between), list(tasks.values()))
         start = 0
         for j, b in zip(ok, batches, strict=True):
             stop = start + b.batch_size
@@ -100,6 +108,22 @@ def score_jobs(jobs: list[Job]) -> tuple[int, int]:
             if not j.future.done():
                 j.future.set_exception(e)
     return len(ok), n
+
+
+def _forward(
+    model: LoadedModel, batch: FeatureBatch, chunk: int | None, between: Callable[[], None] | None
+) -> dict[str, torch.Tensor]:
+    """The model's outputs for `batch`, in forwards of at most `chunk` rows. Rows are independent
+    in every model, so the chunks' outputs concatenated are the whole batch's."""
+    n = batch.batch_size
+    if chunk is None or n <= chunk:
+        return model.predict(batch)
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, n, chunk):
+        parts.append(model.predict(batch.slice_rows(start, min(n, start + chunk))))
+        if between is not None and start + chunk < n:
+            between()
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def _keys(t: TaskInfo) -> list[str]:
@@ -124,8 +148,10 @@ class InferenceWorker:
         shadow_queue: int = 64,
         on_batch: BatchObserver | None = None,
         on_shadow_drop: Callable[[], None] | None = None,
+        max_forward_candidates: int | None = None,
     ) -> None:
         self.max_batch_candidates = max_batch_candidates
+        self.max_forward_candidates = max_forward_candidates
         self.torch_threads = torch_threads
         self._on_batch = on_batch
         self._on_shadow_drop = on_shadow_drop
@@ -226,6 +252,21 @@ class InferenceWorker:
                 except Exception:  # a metering callback must never stop the worker
                     log.exception("shadow callback failed")
                 continue
-            n_req, n_cand = score_jobs(jobs)
+            n_req, n_cand = score_jobs(jobs, self.max_forward_candidates, self._serve_waiting)
             if self._on_batch is not None and n_req:
                 self._on_batch(n_req, n_cand, time.perf_counter() - t0)
+
+    def _serve_waiting(self) -> None:
+        """Between two chunks of a large forward: one round of the requests that arrived meanwhile
+        (chunked too, but not interleaved again), so a request that comes in behind a large one
+        waits for one chunk, not for all of it; the large one then goes on."""
+        with self._cv:
+            if not self._queue:
+                return
+        round_ = self._take()
+        if round_ is None or not round_[0]:
+            return
+        t0 = time.perf_counter()
+        n_req, n_cand = score_jobs(round_[0], self.max_forward_candidates)
+        if self._on_batch is not None and n_req:
+            self._on_batch(n_req, n_cand, time.perf_counter() - t0)

@@ -96,6 +96,7 @@ class ScoringService:
         )
         self.worker = InferenceWorker(
             max_batch_candidates=rt.max_batch_candidates,
+            max_forward_candidates=rt.max_forward_candidates,
             torch_threads=rt.torch_threads,
             shadow_queue=rt.shadow_queue,
             on_batch=self._observe_batch,
@@ -172,6 +173,7 @@ class ScoringService:
                 log.warning("runtime.%s changed: it takes effect when the server restarts", key)
         self.config = new
         self.worker.max_batch_candidates = new.runtime.max_batch_candidates
+        self.worker.max_forward_candidates = new.runtime.max_forward_candidates
         self.pool.prune(new.model_refs())
         self.config_loaded_at = time.time()
         self.config_error = None

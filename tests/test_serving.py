@@ -260,6 +260,36 @@ def test_worker_merges_concurrent_requests_and_splits_them_back(model) -> None:
             np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-6)
 
 
+def test_a_request_behind_a_large_one_waits_for_one_chunk_not_all_of_it(model) -> None:
+    """A 2000-candidate request runs in chunks of 100; a 5-candidate one queued behind it (not
+    merged: the batch cap) is served after the first chunk. Chunked scores equal the offline ones."""
+    m, r = model
+    big_t, small_t = make_raw_table(r, 2000, seed=21), make_raw_table(r, 5, seed=22)
+    big = Job(model=m, request=_request(m, big_t), tasks=m.wanted(None))
+    small = Job(model=m, request=_request(m, small_t), tasks=m.wanted(None))
+    done: list[str] = []
+    big.future.add_done_callback(lambda _: done.append("big"))
+    small.future.add_done_callback(lambda _: done.append("small"))
+    rounds: list[tuple[int, int]] = []
+    worker = InferenceWorker(
+        max_batch_candidates=2000,
+        max_forward_candidates=100,
+        torch_threads=1,
+        on_batch=lambda q, c, s: rounds.append((q, c)),
+    )
+    worker.submit(big)
+    worker.submit(small)  # queued before the worker starts: big is taken first, alone
+    worker.start()
+    try:
+        got_big, got_small = big.future.result(60), small.future.result(60)
+    finally:
+        worker.stop()
+    assert done == ["small", "big"] and rounds == [(1, 5), (1, 2000)]
+    for t, got in ((big_t, got_big), (small_t, got_small)):
+        for k, v in m.score(t).items():
+            np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-6)
+
+
 def test_a_bad_request_in_a_merged_round_fails_alone(model) -> None:
     m, r = model
     good = _request(m, make_raw_table(r, 5, seed=1))
