@@ -90,6 +90,9 @@ class ModelShape:
     def __repr__(self) -> str:
         return f"ModelShape({len(self.columns)} columns, max_candidates={self.max_candidates})"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # Hypothesis prints dataclasses field by field
+        p.text(repr(self))
+
 
 @dataclass(repr=False)
 class Case:
@@ -121,7 +124,7 @@ class Case:
     def __repr__(self) -> str:
         return f"Case({self.describe(300)})"
 
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # Hypothesis prints falsifying examples so
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # Hypothesis prints dataclasses field by field
         p.text(repr(self))
 
 

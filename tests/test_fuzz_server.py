@@ -341,6 +341,9 @@ class Fuzzer:
     def __repr__(self) -> str:
         return f"Fuzzer({self.server.url if self.server else 'stopped'}, {self.sent} requests)"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # Hypothesis prints dataclasses field by field
+        p.text(repr(self))
+
     def start(self) -> None:
         log = self.root / f"server-{len(self.logs)}.log"
         self.logs.append(log)
