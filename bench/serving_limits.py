@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -213,31 +214,40 @@ def stalled_run(url: str, port: int, normal: bytes, reps: int, count: int) -> di
     }
 
 
+def _sender(url: str, body: bytes, ctype: str, conn: Connection) -> None:
+    """A child process that posts `body` each time it is told to and reports (seconds, status).
+    The request at the limit is sent from its own process so that its upload does not hold this
+    process's GIL while the normal request is timed."""
+    with httpx.Client(base_url=url, timeout=120) as c:
+        while conn.recv():
+            conn.send(timed_post(c, body, ctype))
+
+
 def behind(url: str, first: tuple[bytes, str], normal: bytes, reps: int) -> dict[str, Any]:
-    """Send `first`, and 2 ms later the normal request on another connection, `reps` times."""
+    """Send `first` (from a child process), and 2 ms later the normal request on another
+    connection, `reps` times."""
     own, waited, statuses = [], [], set()
-    with httpx.Client(base_url=url, timeout=120) as a, httpx.Client(base_url=url, timeout=120) as b:
-        timed_post(a, *first)  # warm both connections
-        timed_post(b, normal, JSON)
-        for _ in range(reps):
-            box: dict[str, Any] = {}
-            start = threading.Event()
-
-            def send_first(box: dict[str, Any] = box, start: threading.Event = start) -> None:
-                start.set()
-                box["own"] = timed_post(a, *first)
-
-            t = threading.Thread(target=send_first)
-            t.start()
-            start.wait()
-            time.sleep(0.002)
-            dt, status = timed_post(b, normal, JSON)
-            t.join()
-            assert status == 200, status
-            own.append(box["own"][0])
-            statuses.add(box["own"][1])
-            waited.append(dt)
-            time.sleep(0.05)
+    parent, child = mp.Pipe()
+    proc = mp.get_context("fork").Process(target=_sender, args=(url, *first, child), daemon=True)
+    proc.start()
+    try:
+        with httpx.Client(base_url=url, timeout=120) as b:
+            parent.send(True)  # warm both connections
+            parent.recv()
+            timed_post(b, normal, JSON)
+            for _ in range(reps):
+                parent.send(True)
+                time.sleep(0.002)
+                dt, status = timed_post(b, normal, JSON)
+                assert status == 200, status
+                first_s, first_status = parent.recv()
+                own.append(first_s)
+                statuses.add(first_status)
+                waited.append(dt)
+                time.sleep(0.05)
+    finally:
+        parent.send(False)
+        proc.join(30)
     return {"own_s": own, "normal_s": waited, "status": sorted(statuses), "bytes": len(first[0])}
 
 
