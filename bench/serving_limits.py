@@ -51,18 +51,10 @@ from serving_load import ROOT, Request, make_requests, publish_full_model, rss_m
 from recsys_mtl.recipe import load_recipe  # noqa: E402
 from serving.config import Runtime  # noqa: E402
 from serving.request import ARROW_STREAM, JSON  # noqa: E402
-from tests.serving_support import serve  # noqa: E402
+from tests.serving_support import ipc_stream, serve  # noqa: E402
 
 LIMITS = Runtime()  # the defaults are the shipped serving config's values
 TIMEOUT_S = 3.0  # header and body timeouts for this run (shipped: 10 s)
-
-
-def ipc(table: pa.Table, meta: dict[str, str], compression: str | None = None) -> bytes:
-    table = table.replace_schema_metadata(meta)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def json_values_bound(body: bytes) -> int:
@@ -97,7 +89,9 @@ def limit_requests(base: Request, big: Request) -> dict[str, tuple[bytes, str]]:
     total = sum(len(s) for s in ids + fmt)
     assert total <= LIMITS.max_request_id_bytes, total
     out[f"max_request_id_bytes ({total:,} bytes of ids)"] = (
-        ipc(pa.table({**cands, "format": fmt}), {"user_id": user, "features": orjson.dumps(f2).decode()}),
+        ipc_stream(
+            pa.table({**cands, "format": fmt}), {"user_id": user, "features": orjson.dumps(f2).decode()}
+        ),
         ARROW_STREAM,
     )
     # max_list_length: the user's sequence at 1000 values, and 1000 candidates with their own
@@ -109,7 +103,7 @@ def limit_requests(base: Request, big: Request) -> dict[str, tuple[bytes, str]]:
     )
     f3 = {kk: v for kk, v in feats.items() if kk != "clicked_items"}
     c3 = {kk: v[:k] for kk, v in big.candidates.items()}
-    body = ipc(
+    body = ipc_stream(
         pa.table({**c3, "clicked_items": seq}), {"user_id": user, "features": orjson.dumps(f3).decode()}
     )
     assert len(body) <= LIMITS.max_body_bytes, len(body)
@@ -154,7 +148,7 @@ def bomb(codec: str, values: int, user: str) -> bytes:
     """Two candidates whose sequences hold `values` zeros: highly compressible, lazily allocated."""
     zeros = pa.array(np.zeros(values, np.int64))
     seq = pa.ListArray.from_arrays(pa.array([0, values // 2, values], pa.int32()), zeros)
-    return ipc(pa.table({"clicked_items": seq}), {"user_id": user}, compression=codec)
+    return ipc_stream(pa.table({"clicked_items": seq}), {"user_id": user}, compression=codec)
 
 
 # ---------------------------------------------------------------------------------------------

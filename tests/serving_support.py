@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -111,3 +112,26 @@ def serve(registry: Path, config: Path, log_path: Path, token: str = "test-token
     """A real `recsys-mtl serve` process on a free loopback port, ready, stopped on exit."""
     with running_server(registry, config, log_path, env={"RECSYS_MTL_ADMIN_TOKEN": token}) as server:
         yield server
+
+
+def ipc_stream(
+    table: pa.Table,
+    meta: Mapping[str, str] | None = None,
+    compression: str | None = None,
+    batch_rows: int | None = None,
+) -> bytes:
+    """An Arrow IPC stream of `table` with schema metadata `meta` (default: user_id 7), optionally
+    compressed or written in batches of `batch_rows`: what a client sends, hostile ones included."""
+    table = table.replace_schema_metadata(dict(meta or {"user_id": "7"}))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table, max_chunksize=batch_rows)
+    return sink.getvalue().to_pybytes()
+
+
+def forge_offsets(body: bytes, valid: list[int], forged: list[int]) -> bytes:
+    """The stream with one int32 offsets buffer (`valid`) rewritten to `forged`: what a hostile
+    client sends (Arrow's writers never produce it)."""
+    old = np.array(valid, np.int32).tobytes()
+    assert body.count(old) == 1, "the offsets to forge must occur once in the stream"
+    return body.replace(old, np.array(forged, np.int32).tobytes())

@@ -24,27 +24,11 @@ from serving.config import Runtime
 from serving.request import RequestError, decode, encode_arrow_request
 from serving.response import negotiate
 from serving.service import redact_paths
+from tests.serving_support import forge_offsets, ipc_stream
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
 LIMITS = Runtime(max_candidates=100)
-
-
-def stream(table: pa.Table, compression: str | None = None, batch_rows: int | None = None) -> bytes:
-    sink = pa.BufferOutputStream()
-    opts = pa.ipc.IpcWriteOptions(compression=compression)
-    table = table.replace_schema_metadata({"user_id": "7"})
-    with pa.ipc.new_stream(sink, table.schema, options=opts) as w:
-        w.write_table(table, max_chunksize=batch_rows)
-    return sink.getvalue().to_pybytes()
-
-
-def with_offsets(body: bytes, valid: list[int], forged: list[int]) -> bytes:
-    """The stream with one int32 offsets buffer rewritten: what a hostile client sends (Arrow's
-    writers would never produce it)."""
-    old = np.array(valid, np.int32).tobytes()
-    assert body.count(old) == 1
-    return body.replace(old, np.array(forged, np.int32).tobytes())
 
 
 def refused(body: bytes, ctype: str = ARROW, limits: Runtime = LIMITS) -> RequestError:
@@ -68,7 +52,7 @@ def test_forged_offsets_are_refused_before_any_compute(kind: str, forged: list[i
         col = pa.array([[1, 2], [3, 4], [5, 6]], pa.list_(pa.int64()))
     else:
         col = pa.array(["ab", "cd", "ef"])
-    body = with_offsets(stream(pa.table({"c": col})), [0, 2, 4, 6], forged)
+    body = forge_offsets(ipc_stream(pa.table({"c": col})), [0, 2, 4, 6], forged)
     e = refused(body)
     assert (e.status, e.field) == (400, "candidates.c") and "offset" in e.message.lower()
 
@@ -76,7 +60,7 @@ def test_forged_offsets_are_refused_before_any_compute(kind: str, forged: list[i
 @pytest.mark.parametrize("codec", ["zstd", "lz4"])
 def test_a_small_compressed_stream_is_accepted(codec: str) -> None:
     t = pa.table({"creative_id": pa.array(np.arange(50)), "format": pa.array(["video"] * 50)})
-    req = decode(stream(t, codec), ARROW, LIMITS)
+    req = decode(ipc_stream(t, compression=codec), ARROW, LIMITS)
     assert req.candidates["creative_id"].to_pylist() == list(range(50))
 
 
@@ -84,7 +68,7 @@ def test_a_small_compressed_stream_is_accepted(codec: str) -> None:
 def test_a_compression_bomb_is_refused_before_it_inflates(codec: str) -> None:
     """Was: a 13 kB body took 380 MB of RSS. 64 MB of zeros compress to a few kB (zstd)."""
     t = pa.table({"x": pa.array(np.zeros(8_000_000, np.int64))})
-    body = stream(t, codec)
+    body = ipc_stream(t, compression=codec)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     e = refused(body, limits=Runtime(max_candidates=10**7))
     grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
@@ -93,7 +77,7 @@ def test_a_compression_bomb_is_refused_before_it_inflates(codec: str) -> None:
 
 
 def test_rows_over_the_limit_are_refused_from_the_header() -> None:
-    e = refused(stream(pa.table({"x": pa.array(np.zeros(101, np.int64))})))
+    e = refused(ipc_stream(pa.table({"x": pa.array(np.zeros(101, np.int64))})))
     assert (e.status, e.field) == (422, "candidates") and "limit of 100" in e.message
 
 
@@ -110,7 +94,7 @@ def test_rows_over_the_limit_are_refused_from_the_header() -> None:
     ids=["dictionary", "struct", "map", "binary", "timestamp", "list-of-lists"],
 )
 def test_undocumented_column_types_are_refused(table: pa.Table) -> None:
-    e = refused(stream(table))
+    e = refused(ipc_stream(table))
     assert e.status == 422 and e.field == f"candidates.{table.column_names[0]}"
     assert "unsupported column type" in e.message
 
@@ -118,12 +102,12 @@ def test_undocumented_column_types_are_refused(table: pa.Table) -> None:
 def test_duplicate_column_names_are_refused() -> None:
     """Was: KeyError -> 500."""
     t = pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["creative_id", "creative_id"])
-    e = refused(stream(t))
+    e = refused(ipc_stream(t))
     assert (e.status, e.field) == (422, "candidates.creative_id") and "duplicate" in e.message
 
 
 def test_too_many_record_batches_are_refused() -> None:
-    e = refused(stream(pa.table({"x": pa.array(np.arange(MAX_BATCHES + 1))}), batch_rows=1))
+    e = refused(ipc_stream(pa.table({"x": pa.array(np.arange(MAX_BATCHES + 1))}), batch_rows=1))
     assert (e.status, e.field) == (400, "body") and "record batches" in e.message
 
 
@@ -142,7 +126,7 @@ def test_bad_metadata_is_a_4xx(meta: dict[bytes, bytes]) -> None:
 
 
 def test_random_byte_overwrites_never_escape_as_anything_but_a_request_error() -> None:
-    base = stream(pa.table({"a": pa.array(np.arange(20)), "s": pa.array([str(i) for i in range(20)]),
+    base = ipc_stream(pa.table({"a": pa.array(np.arange(20)), "s": pa.array([str(i) for i in range(20)]),
                             "l": pa.array([[1, 2]] * 20)}))  # fmt: skip
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -38,6 +38,8 @@ from tests.conftest import make_raw_table
 from tests.serving_support import (
     NAME,
     Server,
+    forge_offsets,
+    ipc_stream,
     nulls_for_nonfinite,
     publish,
     serve,
@@ -134,20 +136,6 @@ def _error(resp: httpx.Response, status: int, field: str) -> dict[str, Any]:
     return err
 
 
-def _ipc(table: pa.Table, user: str = "7", compression: str | None = None) -> bytes:
-    table = table.replace_schema_metadata({"user_id": user})
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _forge(body: bytes, valid: list[int], forged: list[int]) -> bytes:
-    old = np.array(valid, np.int32).tobytes()
-    assert body.count(old) == 1
-    return body.replace(old, np.array(forged, np.int32).tobytes())
-
-
 # ---- crashes and wrong answers from one small request ------------------------------------------
 
 
@@ -164,7 +152,7 @@ def test_forged_arrow_offsets_are_a_400_not_a_crash(env: Env, column: str, forge
     else:
         col = pa.array(["ab", "cdef", "ghi"])
     t = t.set_column(t.schema.get_field_index(column), column, col)
-    body = _forge(_ipc(t), [0, 2, 6, 9], forged)
+    body = forge_offsets(ipc_stream(t), [0, 2, 6, 9], forged)
     _error(env.post(body, ARROW_CT), 400, f"candidates.{column}")
 
 
@@ -172,7 +160,7 @@ def test_duplicate_arrow_columns_are_a_422(env: Env) -> None:
     """Was: KeyError -> 500."""
     t = env.arrow(2)
     t = pa.Table.from_arrays([*t.columns, t.column("hour")], names=[*t.column_names, "hour"])
-    _error(env.post(_ipc(t), ARROW_CT), 422, "candidates.hour")
+    _error(env.post(ipc_stream(t), ARROW_CT), 422, "candidates.hour")
 
 
 # ---- resource exhaustion -----------------------------------------------------------------------
@@ -186,7 +174,7 @@ def test_compression_bombs_leave_memory_alone(env: Env) -> None:
         # two candidates, each with half of the zeros in its sequence: only the size is wrong
         zeros = pa.array(np.zeros(rows, np.int64))
         seq = pa.ListArray.from_arrays(pa.array([0, rows // 2, rows], pa.int32()), zeros)
-        body = _ipc(pa.table({"clicked_items": seq}), compression=codec)
+        body = ipc_stream(pa.table({"clicked_items": seq}), compression=codec)
         err = _error(env.post(body, ARROW_CT), 413, "body")
         assert "decompressed" in err["message"]
     assert env.rss_mb() - start < 100
@@ -334,7 +322,7 @@ def test_integers_no_id_can_hold_are_422(env: Env) -> None:
     t = t.set_column(
         t.schema.get_field_index("creative_id"), "creative_id", pa.array([1, 2**64 - 1], pa.uint64())
     )
-    err = _error(env.post(_ipc(t), ARROW_CT), 422, "candidates.creative_id")
+    err = _error(env.post(ipc_stream(t), ARROW_CT), 422, "candidates.creative_id")
     assert "int64" in err["message"]
 
 
