@@ -94,9 +94,9 @@ def limit_requests(base: Request, big: Request) -> dict[str, tuple[bytes, str]]:
         ),
         ARROW_STREAM,
     )
-    # max_list_length: the user's sequence at 1000 values, and 1000 candidates with their own
-    # 1000-value list each (Arrow; the model reads the first 20)
-    k = 1000
+    # max_list_length and max_body_bytes together: as many candidates as the body limit allows,
+    # each with its own clicked-items list at the list limit (Arrow; the model reads the first 20)
+    k = min(n, (LIMITS.max_body_bytes - (128 << 10)) // (8 * LIMITS.max_list_length))
     seq = pa.ListArray.from_arrays(
         pa.array(np.arange(0, (k + 1) * LIMITS.max_list_length, LIMITS.max_list_length, dtype=np.int32)),
         pa.array(np.arange(k * LIMITS.max_list_length, dtype=np.int64) % 100_003),
@@ -107,7 +107,9 @@ def limit_requests(base: Request, big: Request) -> dict[str, tuple[bytes, str]]:
         pa.table({**c3, "clicked_items": seq}), {"user_id": user, "features": orjson.dumps(f3).decode()}
     )
     assert len(body) <= LIMITS.max_body_bytes, len(body)
-    out[f"max_list_length + max_body_bytes (1000 x 1000 ids, {len(body) / 2**20:.1f} MiB Arrow)"] = (
+    out[
+        f"max_list_length + max_body_bytes ({k} x {LIMITS.max_list_length} ids, {len(body) / 2**20:.1f} MiB)"
+    ] = (
         body,
         ARROW_STREAM,
     )
@@ -136,9 +138,7 @@ def limit_requests(base: Request, big: Request) -> dict[str, tuple[bytes, str]]:
         orjson.dumps({**orjson.loads(base.json_body), "candidates": one_long}),
         JSON,
     )
-    million = orjson.dumps(
-        {"user_id": user, "features": {"clicked_items": list(range(10**6))}, "candidates": {}}
-    )
+    million = orjson.dumps({"user_id": user, "features": {"clicked_items": [7] * 10**6}, "candidates": {}})
     out["over: 10^6-element JSON (413)"] = (million, JSON)
     out["over: 1 MB lz4 bomb (413)"] = (bomb("lz4", 32 << 20, user), ARROW_STREAM)
     return out
@@ -250,9 +250,7 @@ def memory(url: str, pid: int, user: str) -> dict[str, Any]:
         "1 MB lz4 bomb (256 MB inflated)": (bomb("lz4", 32 << 20, user), ARROW_STREAM),
         "zstd bomb (2 GB inflated)": (bomb("zstd", 256 << 20, user), ARROW_STREAM),
         "10^6-element JSON": (
-            orjson.dumps(
-                {"user_id": user, "features": {"clicked_items": list(range(10**6))}, "candidates": {}}
-            ),
+            orjson.dumps({"user_id": user, "features": {"clicked_items": [7] * 10**6}, "candidates": {}}),
             JSON,
         ),
     }

@@ -141,7 +141,7 @@ class Runtime(_Strict):
 
     # ---- request limits: each enforced before the work it bounds, each a 4xx naming the field ----
     max_body_bytes: int = Field(
-        default=8 * 1024 * 1024,
+        default=4 * 1024 * 1024,
         ge=1024,
         description="request body bytes (413); for a compressed Arrow body, its decompressed size",
     )

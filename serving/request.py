@@ -57,6 +57,10 @@ class RequestError(ValueError):
     """A request the server refuses: `status` is the HTTP status, `field` names what is wrong."""
 
     def __init__(self, field: str, message: str, status: int = 422) -> None:
+        # A field named after a client's key is never empty: the empty key is spelt `""`, as in
+        # JSON (`""` for an unknown top-level key "", `candidates.""` for a column named "").
+        if not field or field.endswith("."):
+            field += '""'
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message

@@ -160,6 +160,20 @@ def test_integers_and_shapes_no_id_can_take_are_422(body: bytes, field: str) -> 
     assert (e.status, e.field) == (422, field)
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"user_id": 7, "": [{"a": 1}]}', '""'),
+        (b'{"user_id": 7, "candidates": {"": [1], "a": [1, 2]}}', "candidates.a"),
+        (b'{"user_id": 7, "candidates": {"a": [1], "": [1, 2]}}', 'candidates.""'),
+        (b'{"user_id": 7, "candidates": {"a": [1]}, "features": {"": {"x": 1}}}', 'features.""'),
+    ],
+)
+def test_an_empty_key_is_named_not_left_blank(body: bytes, field: str) -> None:
+    """Found by the fuzz suite: an unknown top-level key "" was answered with field ""."""
+    assert refused(body, JSON).field == field
+
+
 def test_integers_beyond_int64_decode_as_floats_for_the_transform_to_judge() -> None:
     """A dense feature takes 2^64-1 as a number; an id feature refuses it by name in the
     transform (tests/test_transform.py, tests/test_server_hardening.py)."""
