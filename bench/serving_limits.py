@@ -50,15 +50,11 @@ from serving_load import ROOT, Request, make_requests, publish_full_model, rss_m
 
 from recsys_mtl.recipe import load_recipe  # noqa: E402
 from serving.config import Runtime  # noqa: E402
-from serving.request import ARROW_STREAM, JSON  # noqa: E402
+from serving.request import ARROW_STREAM, JSON, json_values_bound  # noqa: E402
 from tests.serving_support import ipc_stream, serve  # noqa: E402
 
 LIMITS = Runtime()  # the defaults are the shipped serving config's values
 TIMEOUT_S = 3.0  # header and body timeouts for this run (shipped: 10 s)
-
-
-def json_values_bound(body: bytes) -> int:
-    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The nightly job: validate the day -> train (warm start) -> evaluate new vs serving -> gate ->
-export, publish, promote -> report (DESIGN.md, nightly job).
+export, publish, promote -> report (README, "The nightly job"; docs/OPERATIONS.md).
 
 For date D, with W = the recipe's `nightly.window_days`:
 - D's partition is validated (pipelines/validate.py); a failure stops here (exit 3).

@@ -16,7 +16,7 @@ reads to trust it, or to find out why a run was rejected, without re-running any
   the Kaplan-Meier curve of each decile's observed lifetimes: the C-index says the order is right,
   this plot says whether the predicted curves have the right level and shape per risk group;
 - for mixture-of-experts models the mean gate weight per task and expert and each expert's share of
-  zero activations (expert collapse and degradation, the faults HoME is about, METHODS.md);
+  zero activations (expert collapse and degradation, the faults HoME is about: recsys_mtl/models/home.py);
 - the training loss curve (divergence, or a warm start that did not take).
 
 Plots are drawn with matplotlib's object API on the Agg canvas (`Figure` + `FigureCanvasAgg`), never

@@ -326,7 +326,7 @@ def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
         res["oracle_logloss"] = logloss(o[ok], y[ok])
         res["oracle_lift"] = oracle_lift(res["auc"], res["oracle_auc"])
         # the same against the true probabilities instead of one draw of the labels: far less
-        # noisy where positives are few (METHODS.md's oracle comparison, label noise removed)
+        # noisy where positives are few (the oracle comparison with the label noise removed)
         res["expected_auc"] = expected_auc(p[ok], o[ok])
         res["oracle_expected_auc"] = expected_auc(o[ok], o[ok])
         res["expected_lift"] = oracle_lift(res["expected_auc"], res["oracle_expected_auc"])

@@ -69,7 +69,7 @@ log = logging.getLogger("recsys_mtl.export")
 
 MODEL_FILE = "model.pt"
 # An fp32 export may carry an int8 build of the same weights beside it, so a serving config can
-# switch int8 on and off per A/B variant without a second registry version (DESIGN.md, A/B flags).
+# switch int8 on and off per A/B variant without a second registry version (serving/config.py, `int8`).
 INT8_COMPANION_FILE = "model.int8.pt"
 # fp32 TorchScript runs the same kernels as eager; anything above this is an export bug.
 FP32_TOLERANCE = 1e-5
@@ -117,7 +117,7 @@ def script_model(model: MultiTaskModel, int8: bool = False) -> torch.jit.ScriptM
 
     m = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
-        # TorchScript is deprecated upstream; it is the product's format (DESIGN.md). TorchRec's
+        # TorchScript is deprecated upstream; it is the product's format (recsys_mtl/scorer.py). TorchRec's
         # quantization still goes through torch.ao.quantization, which warns about its own future.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.ao\.quantization")

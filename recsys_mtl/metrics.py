@@ -3,10 +3,10 @@
 - AUC: Mann-Whitney with average ranks for ties (equals scikit-learn's roc_auc_score); the
   expected AUC under Bernoulli(p) labels, for ranking against known true probabilities.
 - GAUC: AUC per group (user) weighted by the group's rows; groups with one class are skipped
-  (METHODS.md, Metrics).
+  (the GAUC of the industry papers: a per-user ranking that one heavy user cannot dominate).
 - logloss, ECE (equal-width bins, weighted by bin size) and the predicted/observed ratio.
 - Harrell's C-index: a pair (i, j) is comparable when T_i < T_j and i had the event; concordant
-  when risk_i > risk_j; ties in risk count one half (METHODS.md, Discrete-time hazard).
+  when risk_i > risk_j; ties in risk count one half (Harrell et al., 1982; the risk is 1 - S(horizon)).
 - Discrete-time survival: Kaplan-Meier curve, IPCW Brier score per interval and the integrated
   Brier score (the calibration and accuracy of predicted survival curves, not only their ranking).
 """
@@ -135,7 +135,7 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
 # Discrete-time survival: Kaplan-Meier and the (integrated) Brier score
 # --------------------------------------------------------------------------------------------
 # Labels are on a grid of L intervals: `interval` k (0-based) of the event or of censoring and an
-# `event` flag. Censoring convention (recsys_mtl.synth.lifetimes, METHODS.md): a creative censored
+# `event` flag. Censoring convention (recsys_mtl.synth.lifetimes): a creative censored
 # in interval k survived interval k, so it is at risk in k and known alive at the end of k.
 
 

@@ -233,7 +233,7 @@ class TaskSpec(_Strict):
 
 
 # --------------------------------------------------------------------------------------------
-# Models (the options are read by recsys_mtl.models; defaults marked "choice" follow METHODS.md)
+# Models (the options are read by recsys_mtl.models; "choice" marks a default the papers leave open)
 # --------------------------------------------------------------------------------------------
 
 
@@ -412,7 +412,7 @@ class GateSpec(_Strict):
 
 
 class NightlySpec(_Strict):
-    """What `recsys-mtl nightly --date D` does with this recipe (DESIGN.md, nightly job)."""
+    """What `recsys-mtl nightly --date D` does with this recipe (README, "The nightly job")."""
 
     window_days: int = Field(default=7, ge=1, description="Train on the days [D - window, D - 1].")
     validation: ValidationSpec = Field(default_factory=ValidationSpec)

@@ -45,9 +45,9 @@ Guarantees, and how they are kept:
 - A write the filesystem refuses (full disk, quota, read-only, I/O error) is a `RegistryWriteError`
   naming the registry path; nothing half-written stays visible.
 
-This module is the local-filesystem backend. DESIGN.md names fsspec/pyarrow filesystems as the
-scale-out path; object stores have no atomic directory rename, so a remote backend would commit a
-version by writing its manifest last (readers would then treat "manifest present" as "complete").
+This module is the local-filesystem backend. The scale-out path is an fsspec/pyarrow filesystem;
+object stores have no atomic directory rename, so a remote backend would commit a version by
+writing its manifest last (readers would then treat "manifest present" as "complete").
 That backend is not written yet; everything that touches the filesystem is inside `Registry`.
 
 This module imports no torch and no training code: the server reads the registry through it.

@@ -18,7 +18,8 @@ is TorchScript, loaded with `torch.jit.load`: its code is TorchScript IR and its
 tensors, so no arbitrary Python object is unpickled (never `torch.load(weights_only=False)` here).
 
 Artifact formats sit behind the small `ModelArtifact` protocol: a loader per manifest
-`artifact.format` in `ARTIFACT_LOADERS`. TorchScript is the product's format (DESIGN.md); a
+`artifact.format` in `ARTIFACT_LOADERS`. TorchScript is the product's format (one
+file, no Python needed to load it, int8 tables through TorchRec); a
 torch.export (`.pt2`) loader can be registered beside it without touching the scoring code.
 
 This module imports only the recipe, the feature transform and the registry, never training code,
@@ -84,7 +85,7 @@ class TorchScriptArtifact:
     def from_bytes(cls, data: bytes) -> TorchScriptArtifact:
         """Load from the bytes whose checksum was verified (so they cannot change in between)."""
         with warnings.catch_warnings():
-            # TorchScript is deprecated upstream; it is the product's format (DESIGN.md).
+            # TorchScript is deprecated upstream; it is the product's format (module docstring).
             warnings.filterwarnings(
                 "ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning
             )
@@ -295,32 +296,28 @@ def _tasks_from_manifest(manifest: Mapping[str, Any]) -> list[TaskInfo]:
     ]
 
 
-def load_artifact(version_dir: Path, art: Any) -> ModelArtifact:
-    """Read an artifact file described by a manifest entry (`artifact`, or a companion), verify its
-    sha256, then load those same bytes."""
+def load_artifact(reg: Registry, name: str, version: str, art: Any) -> ModelArtifact:
+    """Read an artifact file described by a manifest entry (`artifact`, or a companion), verified
+    against its size and sha256 by `Registry.read_verified`, then load those same bytes."""
+    where = reg.root / name / version
     if not isinstance(art, dict) or not {"format", "file", "sha256"} <= art.keys():
-        raise ModelLoadError(f"{version_dir}: the manifest has no artifact entry (format, file, sha256)")
+        raise ModelLoadError(f"{where}: the manifest has no artifact entry (format, file, sha256)")
     loader = ARTIFACT_LOADERS.get(art["format"])
     if loader is None:
         raise ModelLoadError(
-            f"{version_dir}: artifact format {art['format']!r} is not supported here "
+            f"{where}: artifact format {art['format']!r} is not supported here "
             f"(supported: {sorted(ARTIFACT_LOADERS)})"
         )
-    p = version_dir / Path(art["file"]).name
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"{p}: cannot read the model file ({e.strerror})") from None
-    digest = sha256_bytes(data)
-    if digest != art["sha256"]:
-        raise ModelLoadError(
-            f"{p}: sha256 mismatch (manifest {art['sha256'][:16]}..., file {digest[:16]}...): "
-            "the model file was modified or corrupted; refusing to load it"
-        )
+        data = reg.read_verified(name, version, art)
+    except RegistryError as e:  # unreadable, or a size / sha256 mismatch: never loaded
+        raise ModelLoadError(str(e)) from None
     try:
         return loader(data)
     except Exception as e:  # a checksummed file that still fails to load: report, never serve
-        raise ModelLoadError(f"{p}: the {art['format']} artifact failed to load: {e}") from e
+        raise ModelLoadError(
+            f"{where / art['file']}: the {art['format']} artifact failed to load: {e}"
+        ) from e
 
 
 def _check_versions(manifest: Mapping[str, Any], where: Path) -> None:
@@ -368,7 +365,7 @@ def load_model(
                 "carry one beside the fp32 model)"
             )
         build = "int8"
-    artifact = load_artifact(d, art)
+    artifact = load_artifact(reg, name, v, art)
     try:
         transform = FeatureTransform.from_spec(manifest["transform"])
     except (KeyError, ValueError) as e:

@@ -5,7 +5,7 @@ groups, the model runs under TorchRec's DistributedModelParallel with the sparse
 into the embedding backward, and the dense parameters use a standard optimizer from the recipe.
 
 Held-out data: the last `eval_days` day partitions of the range are never trained on; the run is
-evaluated on them at the end (METHODS.md: quality is measured on held-out data). A time split, not
+evaluated on them at the end (quality is measured on held-out data, never on training days). A time split, not
 a random one, because that is how the model will be used: trained on the past, scoring tomorrow.
 
 Early stopping (opt-in, recipe `training.early_stopping_patience`): the held-out days then double as

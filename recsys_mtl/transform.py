@@ -4,7 +4,7 @@ This is the ONE place where raw values become model inputs. The offline reader a
 server both call `FeatureTransform.__call__`, and the exported manifest carries `spec()` so the
 server rebuilds the identical transform without the recipe file or any training code.
 
-Rules (DESIGN.md, data contract):
+Rules (README, "Bring your own data" and "The feature transform"):
 - categorical values are parsed by `recsys_mtl.ids` (int64 ids, canonical decimal strings for
   integer ids, never a silent wrap-around) and hashed by `recsys_mtl.hashing` (stable across
   processes); a feature with an explicit `vocabulary` maps values by position instead. Missing and

@@ -8,16 +8,15 @@ warmed-up model.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.routes import router
+from serving.routes import error_response, router
 from serving.service import ScoringService
 
 DESCRIPTION = """
@@ -59,16 +58,11 @@ def create_app(config_path: str | Path, registry: str | Path | None = None) -> F
     return app
 
 
-def _error(status: int, field: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": {"field": field, "message": message}})
-    return Response(body, status_code=status, media_type="application/json", headers=dict(headers or {}))
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Framework errors (no such route, method not allowed) in the same shape as ours."""
     assert isinstance(exc, StarletteHTTPException)
     field = "method" if exc.status_code == 405 else "path"
-    return _error(exc.status_code, field, str(exc.detail), exc.headers)
+    return error_response(exc.status_code, field, str(exc.detail), exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -76,4 +70,4 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     field = ".".join(str(p) for p in first.get("loc", ("request",)))
-    return _error(422, field, str(first.get("msg", "invalid request")))
+    return error_response(422, field, str(first.get("msg", "invalid request")))

@@ -2,7 +2,7 @@
 
 The hash is BLAKE2b over `salt`, a purpose tag and the unit's string form, read as a number in
 [0, 1). It does not depend on the process, the Python version or the order of requests, so a user
-keeps its variant across requests, server replicas and restarts (DESIGN.md, A/B config flags).
+keeps its variant across requests, server replicas and restarts.
 Changing an experiment's salt re-draws everyone; changing weights moves only the users whose point
 falls in the shifted share.
 

@@ -23,7 +23,7 @@ in the background; its scores are metered and logged, never returned).
 
 Validation is strict (unknown keys are errors) and every error names the field's path, so a typo
 in a config that is being hot-reloaded is rejected with its reason while the last good config
-stays in force (DESIGN.md, A/B config flags).
+stays in force (README, "Serving"; docs/OPERATIONS.md).
 """
 
 from __future__ import annotations

@@ -177,10 +177,6 @@ class InferenceWorker:
     def queued(self) -> int:
         return len(self._queue)
 
-    @property
-    def queued_candidates(self) -> int:
-        return self._queued_candidates
-
     def submit(self, job: Job, max_queued_candidates: int | None = None) -> cf.Future[Scores]:
         """Queue a request. Overloaded when `max_queued_candidates` would be exceeded (a request
         that finds the queue empty is always taken, whatever its size)."""

@@ -1,6 +1,6 @@
 """Decoding and checking a score request: raw body -> `ScoreRequest`, or a `RequestError` naming the field.
 
-Two wire formats (DESIGN.md, serving contract):
+Two wire formats (README, "Serving"):
 
 - JSON (`application/json`), decoded with orjson from the raw body (FastAPI's default path would
   parse it with the stdlib and validate per item). Candidates are columnar (recommended: one list
@@ -126,7 +126,7 @@ def decode(body: bytes, content_type: str | None, limits: Runtime) -> ScoreReque
         raise RequestError("body", f"cannot be decoded ({type(e).__name__})", status=400) from None
 
 
-def _json_values_bound(body: bytes) -> int:
+def json_values_bound(body: bytes) -> int:
     """An upper bound on the number of values in a JSON text, without parsing it: each value but
     the first is preceded by a comma or opens a container. Strings holding commas only make the
     bound larger. C-speed (bytes.count)."""
@@ -137,7 +137,7 @@ def decode_json(body: bytes, limits: Runtime) -> ScoreRequest:
     if not body:
         raise RequestError("body", "empty body; expected a JSON object", status=400)
     # Parsing allocates a Python object per value, on the event loop: bound the count first.
-    if _json_values_bound(body) > limits.max_json_values:
+    if json_values_bound(body) > limits.max_json_values:
         raise RequestError(
             "body",
             f"more than {limits.max_json_values} JSON values (runtime.max_json_values); send fewer "

@@ -1,4 +1,4 @@
-"""The score response: per task one score per candidate, in the candidates' order (DESIGN.md).
+"""The score response: per task one score per candidate, in the candidates' order.
 
 ```json
 {"model": "ads_ranker", "version": "3", "build": "primary", "experiment": "int8_embeddings",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -54,11 +55,14 @@ def _service(request: Request) -> ScoringService:
     return request.app.state.service
 
 
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=dict(headers or {}))
 
 
-def _error(status: int, field: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, field: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The error shape of every 4xx/5xx this server sends: {"error": {"field", "message"}}."""
     return _json({"error": {"field": field, "message": message}}, status, headers)
 
 
@@ -76,7 +80,9 @@ def _is_admin(request: Request) -> bool:
 def _introspection_refused(request: Request) -> Response | None:
     """A 403 when the config protects the introspection pages and the request has no admin token."""
     if _service(request).config.admin.protect_introspection and not _is_admin(request):
-        return _error(403, "authorization", "this page needs the admin token (admin.protect_introspection)")
+        return error_response(
+            403, "authorization", "this page needs the admin token (admin.protect_introspection)"
+        )
     return None
 
 
@@ -192,17 +198,17 @@ async def score(request: Request) -> Response:
         else:
             response = Response(render(result), media_type=JSON, headers=result.headers())
     except RequestError as e:
-        response = _error(e.status, e.field, e.message)
+        response = error_response(e.status, e.field, e.message)
     except ClientDisconnect:
         # not an error of ours, and nobody is left to answer: counted under its own status
         log.info("client %s went away before its request was answered", _client(request))
         response = Response(status_code=CLIENT_CLOSED)
     except (Overloaded, NotReady) as e:
         field = "model" if isinstance(e, NotReady) else "queue"
-        response = _error(503, field, str(e), headers={"Retry-After": str(rt.retry_after_s)})
+        response = error_response(503, field, str(e), headers={"Retry-After": str(rt.retry_after_s)})
     except Exception:
         log.exception("internal error while scoring")
-        response = _error(500, "server", "internal error; see the server log")
+        response = error_response(500, "server", "internal error; see the server log")
     if not body.complete:
         response.headers["Connection"] = "close"
     svc.metrics.requests.labels("/score", variant, str(response.status_code)).inc()
@@ -272,7 +278,7 @@ async def docs(request: Request) -> Response:
 async def admin_reload(request: Request, force: bool = False) -> Response:
     svc = _service(request)
     if not svc.admin_ok(_admin_token(request)):
-        return _error(403, "authorization", "admin token required (Authorization: Bearer <token>)")
+        return error_response(403, "authorization", "admin token required (Authorization: Bearer <token>)")
     # Loading and warming up a model takes seconds: off the event loop.
     errors = await asyncio.to_thread(svc.check, force)
     return _json({"errors": errors, **svc.status()}, status=200 if not errors else 409)

@@ -78,7 +78,8 @@ def hazard_nll(
     weights: torch.Tensor,
     censored_survives: bool = True,
 ) -> torch.Tensor:
-    """Weighted logistic-hazard negative log-likelihood (Kitada et al. 2022, METHODS.md).
+    """Weighted logistic-hazard negative log-likelihood (Kitada et al. 2022, the discrete-time
+    hazard of an ad creative's discontinuation).
 
     For a row with interval index k and event flag d, hazards h_j = sigmoid(phi_j):
         l = -[ sum_{j<k} log(1 - h_j) + d log h_k + (1 - d) log(1 - h_k) ]

@@ -11,8 +11,8 @@ is the age interval ``(a - 1, a]``; its true daily hazard is
 with ``q_i`` the creative's standardised mean CTR logit (low CTR -> stopped early: cut-out, fading
 over the first weeks) and ``e_i`` its standardised log popularity (heavily shown creatives wear out
 sooner); the ``a / 28`` term is wear-out with age. ``h_i(a)`` is P(stop at the end of day a |
-running at age a - 1), so a lifetime ``T = a`` is a stop in day a (METHODS.md, "Discrete-time
-hazard").
+running at age a - 1), so a lifetime ``T = a`` is a stop in day a (the discrete-time hazard the
+models' hazard heads learn, recsys_mtl/models/heads.py).
 
 Survival subjects. What serving needs is the hazard of a running creative *from now*, so a survival
 subject is one creative on one day partition, not the creative from its launch: its origin is the

@@ -4,7 +4,7 @@ and conversion probabilities of any (user, creative, context) impression.
 Everything here is a pure function of the seed and the vocabulary sizes, and is built once per
 `generate` run in O(vocabulary) memory; rows are drawn from it in chunks by `generate.py`.
 
-The ground truth (see METHODS.md, "Synthetic data with ground truth"):
+The ground truth (the oracle_* columns; README, "A five-minute tour"):
 
 - users have an age bucket, a gender, a city (Zipf), an activity level (log-normal), a preferred
   device and a latent taste ``z_u = m + N(0, I_k)``; the shared mean ``m`` makes some creatives broadly
