@@ -9,6 +9,8 @@
   when risk_i > risk_j; ties in risk count one half (Harrell et al., 1982; the risk is 1 - S(horizon)).
 - Discrete-time survival: Kaplan-Meier curve, IPCW Brier score per interval and the integrated
   Brier score (the calibration and accuracy of predicted survival curves, not only their ranking).
+
+Equations, papers and our choices (tie handling of the C-index included): (docs/METHODS.md, "Metrics").
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ writing its manifest last (readers would then treat "manifest present" as "compl
 That backend is not written yet; everything that touches the filesystem is inside `Registry`.
 
 This module imports no torch and no training code: the server reads the registry through it.
+
+The registry in the whole system: (docs/DESIGN.md, "Model registry").
 """
 
 from __future__ import annotations

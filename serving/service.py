@@ -12,6 +12,8 @@ A watcher thread checks the config file and the registry every `runtime.reload_i
   and only then does it replace the running config (one reference assignment). A config that does
   not parse, or names a model that cannot be served, is rejected with a logged reason, and the
   last good config stays in force.
+
+The request/response contract, limits, reload and A/B rules: (docs/DESIGN.md, "Serving contract").
 """
 
 from __future__ import annotations

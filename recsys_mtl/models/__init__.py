@@ -7,6 +7,8 @@ Public API:
     MultiTaskModel.forward_with_internals(sparse, dense) -> (outputs, gates, experts)
     total_loss(recipe, outputs, targets) -> (loss, {task: loss})
     expert_diagnostics(model, batches, zero_threshold=1e-6) -> JSON-able dict
+
+Equations, papers and our choices: (docs/METHODS.md, "Notation and the common input" and after).
 """
 
 from recsys_mtl.models.diagnostics import expert_diagnostics

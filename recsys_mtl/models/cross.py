@@ -12,6 +12,8 @@ is largely a user x item bilinear term <z_u, A z_i> (docs/QUALITY_INVESTIGATION.
 
 Low rank (DCN-v2 section 3.2, "DCN-Mix" without the mixture): W_l = U_l V_l with U_l: d x r and
 V_l: r x d, a recipe option (`model.cross_rank`) for wide inputs (choice: full rank by default).
+
+Equations, paper and our choices: (docs/METHODS.md, "Cross layers (DCN-v2)").
 """
 
 from __future__ import annotations

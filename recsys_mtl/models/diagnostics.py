@@ -5,6 +5,8 @@ underfitting as gates that put (almost) no weight on some experts.
 They come from `MultiTaskModel.forward_with_internals`, which runs the same computation as the
 exported `forward` but also returns gate weights and expert outputs, so diagnosing never changes
 the scripted model.
+
+What each number means: (docs/METHODS.md, "Expert health diagnostics").
 """
 
 from __future__ import annotations

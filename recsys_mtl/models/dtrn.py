@@ -18,6 +18,8 @@ Each task gets its own bottom representation instead of one shared embedding out
 - r_t = concat(refined fields, u_{t,*}, dense), through the optional shared bottom MLP.
   DTRN alone: tower_t(r_t) (towers live in the model). ``with_mmoe``: task t's gate and the
   experts run on r_t (MMoE.forward_per_task).
+
+Equations, paper and our choices: (docs/METHODS.md, "DTRN").
 """
 
 from __future__ import annotations

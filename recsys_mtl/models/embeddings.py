@@ -13,6 +13,8 @@ Features naming the same `table` share one table config with several `feature_na
 Both modules receive the whole KeyedJaggedTensor and pick their features by name (unsharded they
 read ``to_dict()``; sharded they permute/split by key), so the model makes no assumption about the
 key order beyond the names.
+
+How the lookups form the model input: (docs/METHODS.md, "Notation and the common input").
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   E(x) = Swish(Norm(MLP(x))), Norm = BatchNorm (default) or LayerNorm (choice).
 - `FeatureGate`: HoME's feature-gate FG(x) = 2 * sigmoid(x B A) with low rank r, applied as
   x * FG(x) so each expert sees its own view of the input.
+
+Equations, papers and our choices: (docs/METHODS.md, "MMoE", "HoME").
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@
 - `SelfGate`: HoME's self-gate over a node's own experts (sigmoid for one expert, softmax for
   several), added as a residual path so those experts always receive gradient.
 - `mix`: sum_i g_i E_i for stacked expert outputs.
+
+Equations, papers and our choices: (docs/METHODS.md, "MMoE", "PLE", "HoME").
 """
 
 from __future__ import annotations

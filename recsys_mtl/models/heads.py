@@ -19,6 +19,8 @@
 - product task (``product_of``, ESMM, Ma et al. SIGIR 2018: pCTCVR = pCTR * pCVR): ``t`` [B] is
   the product of its tasks' probabilities. It has no logit of its own; the loss works from its
   factors' logits in log space.
+
+Equations, papers and our choices: (docs/METHODS.md, "Task heads", "Discrete-time hazard").
 """
 
 from __future__ import annotations

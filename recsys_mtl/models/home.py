@@ -26,6 +26,8 @@ forward(x) -> (per-task h_t, gates, expert outputs). Gate keys: "L1/cat_<c>", "L
 "L2/task_<t>" (hierarchy off: "L1/task_<t>"), and "<node>/self" for self-gates; each gate spans
 all experts of its level in ``gate_experts[key]`` order (masked ones get exactly 0).
 Expert names: "L<j>/shared_<i>", "L<j>/cat_<c>_<i>", "L<j>/task_<t>_<i>".
+
+Equations, paper and our choices: (docs/METHODS.md, "HoME").
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ weight that also makes each creative count once). A batch whose weights are all 
   is never trained on clicked rows only (which would reintroduce the sample selection bias);
 - hazard task: the logistic-hazard NLL (Kitada et al., Applied Sciences 2022). Two hazard tasks
   with loss weights lambda and 1 - lambda give the two-term loss lambda l_short + (1-lambda) l_long.
+
+Equations, papers and our choices: (docs/METHODS.md, "Losses").
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Multi-layer perceptrons: the building block of bottoms, experts and towers."""
+"""Multi-layer perceptrons: the building block of bottoms, experts and towers.
+
+Where MLPs sit in the model: (docs/METHODS.md, "Notation and the common input")."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ Learning with Multi-gate Mixture-of-Experts", KDD 2018).
 
 n experts E_i(x); per task k a gate g_k(x) = softmax(W_k x) over the n experts (Eq. 6);
 f_k = sum_i g_k(x)_i E_i(x) (Eq. 5); y_k = tower_k(f_k) (the towers live in the model).
+
+Equations, paper and our choices: (docs/METHODS.md, "MMoE").
 """
 
 from __future__ import annotations

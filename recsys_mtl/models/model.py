@@ -14,6 +14,8 @@ same in training, evaluation and export (FX-traceable with `torchrec.fx.symbolic
 `forward_with_internals` runs the same computation and also returns the gate weights and expert
 outputs that `recsys_mtl.models.diagnostics` summarises; `forward` simply drops them, so the
 exported graph carries no diagnostic outputs.
+
+The common input, towers and task options: (docs/METHODS.md, "Notation and the common input").
 """
 
 # No `from __future__ import annotations` here: FX copies `forward`'s annotations into the code it

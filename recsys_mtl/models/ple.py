@@ -9,6 +9,8 @@ the shared experts read the shared previous output, task k's gate reads task k's
 output, and a shared gate (over all experts of the level) produces the next shared output at every
 level but the last. Level 1 reads x everywhere. The last level's task outputs feed the towers.
 (Each task's loss averaging over its own sample space is the losses' job: per-task row weights.)
+
+Equations, paper and our choices: (docs/METHODS.md, "PLE").
 """
 
 from __future__ import annotations

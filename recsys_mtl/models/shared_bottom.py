@@ -1,5 +1,7 @@
 """Shared-Bottom: the multi-task baseline (Caruana, "Multitask Learning", 1997; the baseline of
-MMoE, Ma et al. KDD 2018, Fig. 1a): one MLP on x shared by all tasks, then one tower per task."""
+MMoE, Ma et al. KDD 2018, Fig. 1a): one MLP on x shared by all tasks, then one tower per task.
+
+Equations and paper: (docs/METHODS.md, "Shared-Bottom")."""
 
 from __future__ import annotations
 

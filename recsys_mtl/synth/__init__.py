@@ -3,6 +3,8 @@ and creative-discontinuation hazards, written as day-partitioned Parquet with `o
 
     from recsys_mtl.synth import SynthConfig, generate
     summary = generate(SynthConfig(rows=1_000_000, days=7, seed=0), Path("data"))
+
+The generator's model, equation by equation: (docs/METHODS.md, "Synthetic data").
 """
 
 from recsys_mtl.synth.generate import SCHEMA, OutputExistsError, generate

@@ -31,6 +31,8 @@ sequences from a counter-based hash of (seed, user, event). Memory is flat in th
 chunk (`chunk_rows`, 200k by default) is in flight at a time. The run writes into a hidden temporary
 directory beside the output and renames it into place at the end, so a crash leaves no half-written
 output.
+
+The generator's model, equation by equation: (docs/METHODS.md, "Synthetic data").
 """
 
 from __future__ import annotations

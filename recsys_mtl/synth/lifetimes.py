@@ -42,6 +42,8 @@ interval k, i.e. its loss includes the ``(1 - d) log(1 - h_k)`` term. On the dai
 falls at an interval's end (whole days), so this is exact; on the weekly grid it slightly overstates
 survival for a subject censored early in a week, which is the standard discrete-time choice. A
 subject still running past the end of the grid is censored in the last interval, having survived it.
+
+Equations: (docs/METHODS.md, "Creative lifetimes and survival labels", "CTR weighting").
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ The ground truth (the oracle_* columns; README, "A five-minute tour"):
 
 The two biases are set afterwards by calibration (`generate.py`) so the mean CTR and the mean
 conversion rate per click hit their targets whatever the other knobs are.
+
+Equations: (docs/METHODS.md, "World", "Clicks and conversions", "Behaviour sequences").
 """
 
 from __future__ import annotations
