@@ -1,7 +1,7 @@
 """Convert the UCI Census-Income (KDD) test half to the project's Parquet layout, with a fixed split.
 
-Input: `census-income.test.gz` (99,762 rows, 42 columns, ", "-separated, no header; see the README
-beside it). Output, one data directory with three consecutive day partitions:
+Input: `datasets/census-income/census-income.test.gz` (99,762 rows, 42 columns, ", "-separated, no
+header; see the README beside it). Output, one data directory with three consecutive day partitions:
 
     OUT/dt=2026-01-01/part-00000.parquet   train       first 70% of the shuffled rows (69,833)
     OUT/dt=2026-01-02/part-00000.parquet   validation  next 10%                      ( 9,976)
@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[2]
-# shared/ sits beside the checkout (../shared, as in CI)
-DEFAULT_SRC = ROOT.parent / "shared" / "data" / "census-income" / "census-income.test.gz"
+# the data file travels with the repository (datasets/census-income/README.md: source, licence)
+DEFAULT_SRC = ROOT / "datasets" / "census-income" / "census-income.test.gz"
 DEFAULT_OUT = ROOT / "bench" / "out" / "census" / "data"
 
 NUM_ROWS = 99_762
