@@ -155,7 +155,7 @@ Expect = str | None | _Unset
 def check_name(kind: str, value: str) -> str:
     """`value` if it is a safe directory name (no separator, no leading dot, not a reference);
     RegistryError otherwise. Every name read from a file goes through here before it is a path."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value in _RESERVED:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value in _RESERVED:
         raise RegistryError(
             f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
             f"with '.', '_' or '-'; not {sorted(_RESERVED)})"

@@ -349,6 +349,19 @@ def load_model(
     v = reg.resolve(name, version)
     d = reg.version_dir(name, v)
     manifest = reg.manifest(name, v)
+    try:
+        return _load_version(reg, name, v, d, manifest, int8)
+    except (ModelLoadError, RegistryError):
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        # a field of the wrong JSON type (a string where an object belongs, a task without a name):
+        # the documented error, naming the version, never a bare TypeError from deep inside
+        raise ModelLoadError(f"{d}: malformed manifest ({type(e).__name__}: {e})") from None
+
+
+def _load_version(
+    reg: Registry, name: str, v: str, d: Path, manifest: Mapping[str, Any], int8: bool
+) -> LoadedModel:
     if manifest.get("kind") != MANIFEST_KIND or manifest.get("manifest_version") != MANIFEST_VERSION:
         raise ModelLoadError(
             f"{d}: not a {MANIFEST_KIND} manifest version {MANIFEST_VERSION} "

@@ -280,12 +280,6 @@ def test_a_bad_manifest_is_a_model_load_error(
         load_model(copy, NAME, "1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_model lets a manifest field of the wrong JSON type escape as AttributeError / "
-    "TypeError / KeyError / ValueError instead of the documented ModelLoadError (scorer.load_model, "
-    "_tasks_from_manifest, _check_versions, the int8 companion lookup, read_verified's int(bytes))",
-)
 @pytest.mark.parametrize(
     ("change", "int8"),
     [

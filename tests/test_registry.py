@@ -295,12 +295,6 @@ def test_check_name_refuses_everything_else(value: object) -> None:
         check_name("thing", value)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: check_name matches with `^...$` and re.match, and `$` also matches before a final "
-    "newline, so 'v1\\n' passes as a name: publish creates a version (or model, or file) whose name "
-    "ends in a newline, against the documented 'letters, digits, . _ -' (fix: fullmatch or \\Z)",
-)
 @pytest.mark.parametrize("value", ["v1\n", "current\n"])
 def test_check_name_refuses_a_trailing_newline(value: str) -> None:
     with pytest.raises(RegistryError):
