@@ -233,15 +233,17 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
         pair = evaluate_pair(cfg.recipe, run_dir, reg, cfg.name, serving_version, cfg.data_dir, cfg.date)
         write_json_atomic(run_dir / "metrics.json", pair.new_metrics)  # exported into the manifest
 
-    from pipelines.gate import quality_gate
+    from pipelines.gate import gate_table_lines, quality_gate
 
-    with steps.step("gate", "per-task AUC / C-index against the serving model (or the floors)"):
-        decision = quality_gate(cfg.recipe, pair.new_metrics, pair.serving_metrics, serving_version)
-        for r in decision["rows"]:
-            log.info(
-                "gate %-13s %-7s new %s serving %s -> %s",
-                r["task"], r["metric"], _f(r["new"]), _f(r["serving"]), "pass" if r["passed"] else "FAIL",
-            )  # fmt: skip
+    spec = cfg.recipe.nightly.gate
+    with steps.step(
+        "gate",
+        f"per-task AUC / C-index against the serving model (or the floors), {spec.rule} rule, "
+        f"{spec.confidence:.0%} paired bootstrap intervals ({spec.resamples} resamples)",
+    ):
+        decision = quality_gate(cfg.recipe, pair.new_preds, pair.serving_preds, serving_version)
+        for line in gate_table_lines(decision):
+            log.info("gate %s", line)
 
     from pipelines.report import write_report
 
@@ -330,10 +332,6 @@ def _conflict(
 
 def _v(version: str | None) -> str:
     return "no version" if version is None else f"v{version}"
-
-
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _already_done(cfg: NightlyConfig, reg: Registry) -> Outcome | None:

@@ -5,7 +5,8 @@ gates publishing on the comparison. The gate's verdict is one line; this report 
 reads to trust it, or to find out why a run was rejected, without re-running anything:
 
 - the decision in a coloured banner (published / rejected, and the gate's reason);
-- the gate table (per task the gated metric, new vs serving, delta, tolerance / floor, pass/fail)
+- the gate table (per task the gated metric, new vs serving, the difference with its paired
+  bootstrap interval, the evidence behind it, the rule and the verdict)
   and the fuller metrics of both models (AUC, GAUC, logloss, ECE, ...; C-index, IBS, ...), because a
   gate on one metric can hide a regression in another (a better AUC with a broken calibration);
 - the data validation checks and the time each pipeline step took (a slow or failing step shows up
@@ -46,6 +47,7 @@ from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from PIL import Image
 
+from pipelines.gate import GATE_TABLE_HEADER, gate_table
 from recsys_mtl.evaluation import Predictions, per_creative
 from recsys_mtl.metrics import auc, kaplan_meier, survival_from_hazard
 from recsys_mtl.recipe import Recipe, TaskSpec
@@ -499,26 +501,25 @@ def _banner(decision: dict[str, Any]) -> str:
 
 
 def _gate_table(decision: dict[str, Any]) -> str:
-    rows = decision.get("rows") or []
+    rows = gate_table(decision)
     if not rows:
         return _note("The gate compared no metrics.")
-    return _table(
-        ["task", "metric", "new", "serving", "delta", "tolerance", "floor", "result"],
-        (
-            [
-                str(r.get("task", "")),
-                str(r.get("metric", "")),
-                _num(r.get("new")),
-                _num(r.get("serving")),
-                _num(r.get("delta"), signed=True),
-                "-" if r.get("tolerance") is None else _num(r.get("tolerance")),
-                "-" if r.get("floor") is None else _num(r.get("floor")),
-                _badge(r.get("passed")),
-            ]
-            for r in rows
-        ),
-        raw_cols=[7],
+    verdict = len(GATE_TABLE_HEADER) - 1
+    for cells, r in zip(rows, decision["rows"], strict=True):
+        worse = r.get("verdict") == "worse (reported only)"
+        cells[verdict] = _badge(r.get("passed")) + (" worse, reported only" if worse else "")
+    rule = (
+        "reject a task when the interval's upper end is below the threshold (the evidence says the "
+        "new model is worse by more than the tolerance)"
+        if decision.get("rule") == "interval"
+        else "reject a task when the estimate is below the threshold"
     )
+    explain = _note(
+        f"difference: new - serving on the rows both models score; interval: "
+        f"{_num(decision.get('confidence'), 2)} paired cluster bootstrap (users for binary tasks, "
+        f"survival subjects for hazard tasks); rule: {rule}."
+    )
+    return _table(GATE_TABLE_HEADER, rows, raw_cols=[verdict]) + explain
 
 
 _BINARY_COLUMNS = [

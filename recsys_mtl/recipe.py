@@ -392,16 +392,37 @@ class ValidationSpec(_Strict):
 class GateSpec(_Strict):
     """The nightly quality gate: per task AUC (binary) or C-index (hazard) on the held-out day.
 
-    A new model may be worse than the serving one by at most its tolerance; the first model ever
-    (nothing serving yet) must reach the absolute floor instead.
+    With a model serving, the difference new - serving gets a paired cluster-bootstrap interval
+    (`pipelines.gate`); the interval rule rejects a task only when the interval's upper end is below
+    -tolerance, i.e. when the evidence says the new model is worse by more than the tolerance. The
+    first model ever is judged against the floor the same way. The point rule compares the estimate
+    alone (the rule before intervals; kept for comparison, e.g. in bench/gate_calibration.py).
     """
 
+    rule: Literal["interval", "point"] = Field(
+        default="interval", description="interval: judge the interval's upper end; point: the estimate."
+    )
+    confidence: float = Field(
+        default=0.9,
+        ge=0.5,
+        lt=1.0,
+        description="Two-sided level of the interval; its upper end is a (1 + c) / 2 one-sided bound.",
+    )
+    resamples: int = Field(default=1000, ge=100, description="Bootstrap resamples per task.")
+    seed: int = Field(
+        default=0, ge=0, description="Bootstrap seed: the same data and seed, the same verdict."
+    )
     tolerance: float = Field(default=0.005, ge=0, description="Default allowed drop of AUC / C-index.")
     tolerances: dict[str, float] = Field(default_factory=dict, description="Task -> allowed drop.")
     floor: float = Field(default=0.55, ge=0, le=1, description="Default floor for the first model.")
     floors: dict[str, float] = Field(default_factory=dict, description="Task -> floor for the first model.")
     tasks: list[str] | None = Field(
-        default=None, description="Tasks gated (default: every task with a loss or an eval label)."
+        default=None,
+        description="Tasks judged (default: every task; one undefined on the day is then skipped, "
+        "while a task named here that cannot be measured rejects).",
+    )
+    report_only: list[str] = Field(
+        default_factory=list, description="Tasks measured and shown but never rejecting a model."
     )
 
     def tolerance_for(self, task: str) -> float:
@@ -409,6 +430,15 @@ class GateSpec(_Strict):
 
     def floor_for(self, task: str) -> float:
         return self.floors.get(task, self.floor)
+
+    def task_names(self) -> dict[str, list[str]]:
+        """Every place the gate names tasks, by field (checked against the recipe's tasks)."""
+        return {
+            "tasks": list(self.tasks or []),
+            "report_only": list(self.report_only),
+            "tolerances": list(self.tolerances),
+            "floors": list(self.floors),
+        }
 
 
 class NightlySpec(_Strict):
@@ -479,6 +509,12 @@ class Recipe(_Strict):
                     raise ValueError(f"task '{t.name}': product_of names unknown task '{dep}'")
                 if self.task(dep).kind != "binary" or self.task(dep).product_of:
                     raise ValueError(f"task '{t.name}': product_of '{dep}' must be a binary task with a head")
+        for field_name, gate_tasks in self.nightly.gate.task_names().items():
+            unknown = sorted(set(gate_tasks) - names)
+            if unknown:
+                raise ValueError(
+                    f"nightly.gate.{field_name} names unknown task(s) {unknown} (tasks: {sorted(names)})"
+                )
         if not any(not t.product_of for t in self.tasks):
             raise ValueError("at least one task must have a head of its own (no product_of)")
         if not any(t.reads_backbone for t in self.tasks if not t.product_of):

@@ -195,7 +195,7 @@ def test_a_model_trained_on_shuffled_labels_fails_the_gate(env: Env, recipe: Rec
     worse = _test_recipe(recipe, env.root / "recipe-shuffled.yaml", epochs=4)
     r = env.nightly(DAYS[3], "--work", str(env.root / "work-shuffled"), data=data, recipe=worse)
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "quality gate failed" in r.stdout and "ctr auc" in r.stdout
+    assert "quality gate failed" in r.stdout and "ctr AUC new - serving" in r.stdout
     assert (env.root / "work-shuffled" / NAME / DAYS[3] / "report" / "report.html").is_file()
     assert Registry(env.registry).versions(NAME) == ["1", "2"]
     assert env.served_version() == "2"
