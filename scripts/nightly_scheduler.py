@@ -10,6 +10,7 @@ $NIGHTLY_EXTRA_ARGS, e.g. `--force`). Its exit code is logged with what it means
     0  ok: published and promoted, or nothing to do (the date was done already)   INFO
     3  the day's data failed validation: nothing trained or published             WARNING
     4  the quality gate failed: nothing published, the serving model is unchanged WARNING
+    5  promotion conflict: current changed while the job ran; nothing published  WARNING
     2  bad arguments or recipe: every night will fail until the config is fixed  ERROR
     1  internal error (a re-run resumes from the last checkpoint)                 ERROR
        anything else (killed, command not found)                                  ERROR
