@@ -149,9 +149,9 @@ def _file_stem(text: str) -> str:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name and rename, so a reader of the registry never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from recsys_mtl.atomic_files import write_bytes_atomic
+
+    write_bytes_atomic(os.fspath(path), data)
 
 
 def _new_figure(width: float, height: float) -> Figure:
