@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.dataset import DataError, list_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
-from recsys_mtl.run import write_json_atomic
 
 log = logging.getLogger("pipelines.nightly")
 

@@ -37,9 +37,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.distributed import ReplicatedTableOptimizer
 from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, Registry, RegistryError, check_name
-from recsys_mtl.run import RunError, write_json_atomic
+from recsys_mtl.run import RunError
 
 log = logging.getLogger(__name__)
 

@@ -73,6 +73,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from recsys_mtl.atomic_files import fsync_dir, json_bytes, write_bytes_atomic, write_new_synced
+
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "current.json"
 ROLLBACKS_FILE = "rollbacks.json"
@@ -172,36 +174,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (created, renamed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
-
-
 def _replace_synced(d: Path, target: str, data: bytes) -> None:
-    """Replace d/target atomically (temporary file, fsync, rename, fsync d)."""
-    tmp = d / f"{TMP_PREFIX}{target}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    try:
-        _write_file_synced(tmp, data)
-        os.replace(tmp, d / target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(d)
+    """Replace d/target atomically (temporary file, fsync, rename, fsync d). The temporary file is
+    named with TMP_PREFIX, so `clean_stale` removes one that a crash left behind."""
+    write_bytes_atomic(d / target, data, tmp_prefix=TMP_PREFIX)
 
 
 def _try_lock(path: Path) -> int | None:
@@ -534,8 +510,8 @@ class Registry:
         }
         try:
             if changed:  # first: a crash in between leaves a record, never an unrecorded rollback
-                _replace_synced(d, ROLLBACKS_FILE, _json_bytes(rolled))
-            _replace_synced(d, CURRENT_FILE, _json_bytes(data))
+                _replace_synced(d, ROLLBACKS_FILE, json_bytes(rolled))
+            _replace_synced(d, CURRENT_FILE, json_bytes(data))
         except OSError as e:
             raise RegistryWriteError(d, f"v{v} was not promoted (current.json is unchanged)", e) from e
         return previous
@@ -587,8 +563,8 @@ class Registry:
             created_root = not self.root.exists()
             d.mkdir(parents=True, exist_ok=True)
             if created_root:
-                _fsync_dir(self.root.parent)
-            _fsync_dir(self.root)
+                fsync_dir(self.root.parent)
+            fsync_dir(self.root)
             self.clean_stale(name)
             staging = _Staging(d)
         except OSError as e:
@@ -597,7 +573,7 @@ class Registry:
         try:
             try:
                 for fname, data in files.items():
-                    _write_file_synced(staging.path / fname, data)
+                    write_new_synced(staging.path / fname, data)
             except OSError as e:
                 raise RegistryWriteError(d, "nothing was published", e) from e
             with self._locked(name) if promote else contextlib.nullcontext(d):
@@ -628,7 +604,7 @@ class Registry:
             try:
                 self._write_manifest(tmp, {**manifest, "name": name, "version": v})
                 staging.unlock_name()
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 # Linux replaces an existing *empty* directory; a version never is one.
                 os.rename(tmp, d / v)
             except OSError as e:
@@ -641,7 +617,7 @@ class Registry:
                 floor = int(v) + 1  # another exporter took this number: take a later one
                 continue
             try:
-                _fsync_dir(d)
+                fsync_dir(d)
             except OSError as e:
                 raise RegistryWriteError(d, f"v{v} was renamed into place but not synced", e) from e
             if promote:
@@ -653,7 +629,7 @@ class Registry:
     def _write_manifest(tmp: Path, manifest: Mapping[str, Any]) -> None:
         p = tmp / MANIFEST_FILE
         p.unlink(missing_ok=True)  # rewritten when a retry changes the version
-        _write_file_synced(p, _json_bytes(manifest))
+        write_new_synced(p, json_bytes(manifest))
 
     def clean_stale(self, name: str, older_than_s: float = STALE_TMP_SECONDS) -> list[str]:
         """Remove what dead exporters left: a temporary directory whose lock no process holds (at

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# write_json_atomic lives in recsys_mtl.atomic_files; re-exported for the trainer, which imports it from here.
+from recsys_mtl.atomic_files import write_json_atomic as write_json_atomic
 from recsys_mtl.models import MultiTaskModel, build_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.transform import FeatureTransform
@@ -49,21 +49,6 @@ class LoadedRun:
     transform: FeatureTransform
     model: MultiTaskModel
     info: dict[str, Any]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:

@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsys_mtl.atomic_files import write_json_atomic
     from recsys_mtl.evaluation import evaluate, format_metrics
-    from recsys_mtl.run import load_run, write_json_atomic
+    from recsys_mtl.run import load_run
 
     if args.batch_size is not None and args.batch_size < 1:
         return fail(ValueError(f"--batch-size must be at least 1, got {args.batch_size}"))
