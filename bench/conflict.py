@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys_mtl.run import read_run_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # bench/ is not a package: the sibling module bench/models.py, by path
@@ -75,7 +77,7 @@ QUICK_RHOS = [0.9, -0.5]
 
 def reevaluate(run_dir: Path, data: Path) -> dict[str, Any]:
     """`recsys-mtl evaluate` of a finished run on its held-out days, with the current metric code."""
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     days = info["data"]["eval_days"]
     out = run_dir / "metrics.json"
     cmd = [str(BIN), "evaluate", "--run", str(run_dir), "--data", str(data), "--start", days[0]]

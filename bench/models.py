@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from recsys_mtl.run import read_run_info
 from recsys_mtl.synth import SCHEMA, SynthConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def run_one(
     r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    info = json.loads((out / "run.json").read_text())
+    info = read_run_info(out)
     metrics = json.loads((out / "metrics.json").read_text())
     return {
         "samples_per_s": info["samples_per_s"],

@@ -51,6 +51,7 @@ from recsys_mtl.distributed import dense_optimizer
 from recsys_mtl.models import MultiTaskModel, build_model, total_loss
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import DTRNOptions, Recipe, load_recipe
+from recsys_mtl.run import read_run_info
 from recsys_mtl.synth import SynthConfig, generate
 from recsys_mtl.transform import FeatureTransform
 
@@ -248,7 +249,7 @@ def run_train(cmd: list[str], out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    info = json.loads((out / "run.json").read_text())
+    info = read_run_info(out)
     curve = info.get("loss_curve") or []
     return {
         "command": shlex.join(cmd),
@@ -319,7 +320,7 @@ def export_and_score(
             "max_abs_diff_vs_eager": res.max_abs_diff,
             "version": res.version,
         }
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     old = one_core()
     try:
         models = {k: load_model(registry, "bench", out[k]["version"]) for k in out}

@@ -44,6 +44,7 @@ from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.dataset import DataError, list_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
+from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, read_run_info
 
 log = logging.getLogger("pipelines.nightly")
 
@@ -231,7 +232,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
 
     with steps.step("evaluate", f"new vs serving ({serving_version or 'none'}) on all rows of {cfg.day}"):
         pair = evaluate_pair(cfg.recipe, run_dir, reg, cfg.name, serving_version, cfg.data_dir, cfg.date)
-        write_json_atomic(run_dir / "metrics.json", pair.new_metrics)  # exported into the manifest
+        write_json_atomic(run_dir / METRICS_FILE, pair.new_metrics)  # exported into the manifest
 
     from pipelines.gate import gate_table_lines, quality_gate
 
@@ -413,8 +414,7 @@ def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: str
     the job runs), its weights checked against the manifest by the trainer."""
     from recsys_mtl.checkpoint import latest_checkpoint
 
-    info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_run_info(run_dir) if (run_dir / RUN_FILE).is_file() else {}
     if info.get("status") == "finished":
         log.info("training for %s already finished in %s: reusing it", cfg.day, run_dir)
         return 0
@@ -444,6 +444,6 @@ def _loss_history(run_dir: Path) -> list[dict[str, Any]]:
     """Training loss over steps (the trainer's `loss_curve` in run.json: mean loss per window of
     `log_every` steps, with the per-task terms)."""
     try:
-        return list(json.loads((run_dir / "run.json").read_text()).get("loss_curve") or [])
-    except (OSError, json.JSONDecodeError):
+        return list(read_run_info(run_dir).get("loss_curve") or [])
+    except (OSError, RunError):
         return []

@@ -21,16 +21,17 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 # write_json_atomic lives in recsys_mtl.atomic_files; re-exported for the trainer, which imports it from here.
 from recsys_mtl.atomic_files import write_json_atomic as write_json_atomic
-from recsys_mtl.models import MultiTaskModel, build_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
-from recsys_mtl.transform import FeatureTransform
+
+if TYPE_CHECKING:  # torch and the models are imported where a model is loaded: reading run.json stays cheap
+    from torch import nn
+
+    from recsys_mtl.models import MultiTaskModel
+    from recsys_mtl.transform import FeatureTransform
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -52,6 +53,8 @@ class LoadedRun:
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """The run's run.json (RunError if there is none or it is not JSON). Every reader of run.json
+    goes through here; this module imports no torch until a model is loaded."""
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
         raise RunError(f"{run_dir}: not a training run (no {RUN_FILE})")
@@ -66,6 +69,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     import torch.distributed.checkpoint as dcp
 
     from recsys_mtl.checkpoint import latest_checkpoint
+    from recsys_mtl.models import build_model
+    from recsys_mtl.transform import FeatureTransform
 
     path = Path(run_dir)
     info = read_run_info(path)
@@ -87,4 +92,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def count_parameters(model: nn.Module) -> int:
+    import torch
+
     return sum(int(torch.numel(p)) for p in model.parameters())

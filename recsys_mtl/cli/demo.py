@@ -18,7 +18,6 @@ example:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.data_summary import format_summary, summarize
     from recsys_mtl.dataset import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
+    from recsys_mtl.run import METRICS_FILE, read_run_info
     from recsys_mtl.synth import SynthConfig, generate
 
     out = Path(args.out)
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     rc = cli_main(train_args)  # with --nproc > 1 it launches its own ranks
     if rc != 0:
         return rc
-    info = json.loads((run_dir / "run.json").read_text())
-    log.info("step 4/6: metrics on the held-out day are above (and in %s)", run_dir / "metrics.json")
+    info = read_run_info(run_dir)
+    log.info("step 4/6: metrics on the held-out day are above (and in %s)", run_dir / METRICS_FILE)
     log.info("step 5/6: exporting to the registry %s (fp32 + int8 build), promoting", out / "registry")
     from recsys_mtl.export import export_run
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\ntrained {recipe.model.type} on {info['world_size']} process(es): {info['steps']} steps, "
         f"{info['samples_per_s']:,.0f} samples/s; the metrics above are on the held-out day "
-        f"{', '.join(info['data']['eval_days'])} (also in {run_dir / 'metrics.json'})"
+        f"{', '.join(info['data']['eval_days'])} (also in {run_dir / METRICS_FILE})"
     )
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; data in {data}, run in {run_dir}")
     return 0

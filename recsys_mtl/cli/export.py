@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(e)
     if not args.run.is_dir():
         return fail(FileNotFoundError(f"{args.run}: run directory does not exist"))
-    if not (args.run / "run.json").is_file():
-        return fail(FileNotFoundError(f"{args.run}: not a training run (no run.json)"))
+    from recsys_mtl.run import RUN_FILE  # no torch: still a cheap check
+
+    if not (args.run / RUN_FILE).is_file():
+        return fail(FileNotFoundError(f"{args.run}: not a training run (no {RUN_FILE})"))
 
     from recsys_mtl.export import ExportError, export_run
     from recsys_mtl.registry import RegistryWriteError
