@@ -15,7 +15,7 @@ from typing import Any
 
 from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
 from recsys_mtl.recipe import Recipe, recipe_from_dict
-from recsys_mtl.registry import Registry
+from recsys_mtl.registry import MANIFEST_FILE, Registry
 from recsys_mtl.run import load_run
 from recsys_mtl.scorer import load_model
 
@@ -47,7 +47,7 @@ def evaluate_pair(
     if serving_version is None:
         return EvaluatedPair(new_preds, new_metrics, experts, None, None)
     serving = load_model(registry, name, serving_version)
-    serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/manifest.json")
+    serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/{MANIFEST_FILE}")
     module = serving.artifact.module  # type: ignore[attr-defined]
     s_reader = evaluation_reader(serving_recipe, data_dir, transform=serving.transform, start=day, end=day)
     serving_preds = predict(module, s_reader)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import nn
 
 from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.distributed import ReplicatedTableOptimizer
-from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, Registry, RegistryError, check_name
+from recsys_mtl.registry import Registry, RegistryError, check_name
 from recsys_mtl.run import RunError
 
 log = logging.getLogger(__name__)
@@ -208,14 +207,10 @@ def registry_weights(source: Path) -> RegistryWeights | None:
         RegistryError: a crafted or dangling pointer, no such version, no weights.pt;
             IntegrityError (a subclass): weights.pt does not match its manifest.
     """
-    src = Path(os.path.abspath(source))
-    if (src / CURRENT_FILE).is_file():
-        reg, name = Registry(src.parent), src.name
-        version = reg.resolve(name, "current")
-    elif (src / MANIFEST_FILE).is_file():
-        reg, name, version = Registry(src.parent.parent), src.parent.name, src.name
-    else:
+    located = Registry.locate(source)
+    if located is None:
         return None
+    reg, name, version = located
     from recsys_mtl.export import WEIGHTS_FILE
 
     d = reg.version_dir(name, version)
@@ -223,9 +218,9 @@ def registry_weights(source: Path) -> RegistryWeights | None:
     if entry is not None:
         data = reg.read_verified(name, version, entry)
     else:
-        p = d / WEIGHTS_FILE
-        if not p.is_file():
+        unverified = reg.read_unverified(name, version, WEIGHTS_FILE)
+        if unverified is None:
             raise RegistryError(f"{d}: no {WEIGHTS_FILE} to warm-start from")
         log.warning("%s: exported before weights were checksummed: loading %s unverified", d, WEIGHTS_FILE)
-        data = p.read_bytes()
+        data = unverified
     return RegistryWeights(name, version, d / WEIGHTS_FILE, data, verified=entry is not None)

@@ -241,7 +241,8 @@ class Registry:
     """A model registry rooted at a local directory (created on first publish).
 
     Reading: `names`, `versions`, `manifest`, `current`, `current_record`, `resolve`,
-    `version_dir`, `rolled_back`, `read_verified`.
+    `version_dir`, `rolled_back`, `read_verified`, `read_unverified`; `Registry.locate` finds the
+    registry, model and version a directory path stands for.
     Writing: `publish` (a new immutable version, optionally promoted in the same locked step),
     `promote` (switch current.json, optionally as a compare-and-swap) and `rollback`.
     """
@@ -391,6 +392,38 @@ class Registry:
                 "the file was modified or corrupted; refusing to load it"
             )
         return data
+
+    def read_unverified(self, name: str, version: str | int, file: str) -> bytes | None:
+        """The bytes of a version's file that its manifest has no checksum for (a version exported
+        before that file was checksummed), or None if the version has no such file. Prefer
+        `read_verified` whenever the manifest has an entry.
+
+        Raises:
+            RegistryError: no such version, or a bad file name.
+        """
+        p = self.version_dir(name, version) / check_name("file name", file)
+        if not p.is_file():
+            return None
+        return p.read_bytes()
+
+    @classmethod
+    def locate(cls, path: str | os.PathLike[str]) -> tuple[Registry, str, str] | None:
+        """(registry, model name, version) of a registry directory given by its path, or None if
+        `path` is neither: a model directory (REGISTRY/NAME, with current.json) stands for its
+        current version, a version directory (REGISTRY/NAME/VERSION, with manifest.json) for
+        itself. A relative path is taken from the working directory.
+
+        Raises:
+            RegistryError: a model directory whose current.json is crafted or dangling (its
+                version is checked as a name and must exist).
+        """
+        src = Path(os.path.abspath(path))
+        if (src / CURRENT_FILE).is_file():
+            reg, name = cls(src.parent), src.name
+            return reg, name, reg.resolve(name, "current")
+        if (src / MANIFEST_FILE).is_file():
+            return cls(src.parent.parent), src.parent.name, src.name
+        return None
 
     # ---- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
