@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys_mtl.yaml_config import field_errors, read_yaml
 
 
 class RecipeError(ValueError):
@@ -578,14 +579,7 @@ class Recipe(_Strict):
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid recipe {source}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {path}: {msg}{got_s}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid recipe {source}:", *(f"  {line}" for line in field_errors(err))])
 
 
 def recipe_from_dict(data: Any, source: str = "<dict>") -> Recipe:
@@ -600,13 +594,4 @@ def recipe_from_dict(data: Any, source: str = "<dict>") -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Load and validate a YAML recipe file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise RecipeError(f"cannot read recipe {p}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {p} is not valid YAML: {e}") from None
-    return recipe_from_dict(data, str(p))
+    return recipe_from_dict(read_yaml(path, "recipe", RecipeError), str(Path(path)))
