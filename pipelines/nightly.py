@@ -42,20 +42,19 @@ from typing import Any
 
 from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.dataset import DataError, list_partitions
+from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CLI and the scheduler too)
+    EXIT_BAD_INPUT,
+    EXIT_CONFLICT,
+    EXIT_DATA,
+    EXIT_ERROR,
+    EXIT_GATE,
+    EXIT_OK,
+)
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, read_run_info
 
 log = logging.getLogger("pipelines.nightly")
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_INPUT = 2
-EXIT_DATA = 3
-EXIT_GATE = 4
-# Current changed between the start of the run and its publish (a promote or a rollback by
-# someone else): nothing published. A re-run trains again from, and gates against, the new current.
-EXIT_CONFLICT = 5
 
 STATE_FILE = "state.json"
 

@@ -35,9 +35,11 @@ SIGTERM / SIGINT: while idle the scheduler exits 0 at once; during a run the sig
 to the run's whole process group (the job and its training ranks), the scheduler waits for it to
 stop and exits 128 + N. The next start resumes that date from its checkpoint (catch-up above).
 
-Only the standard library: it runs with the image's (or the venv's) Python, and needs no cron
-daemon, no Docker socket and no extra package. $NIGHTLY_NOW (ISO time, e.g. 2026-01-08T00:10:00Z)
-replaces the clock, for tests. Log lines go to stdout: `TIME nightly-scheduler LEVEL message`.
+Only the standard library and recsys_mtl.exit_codes (the exit codes' one definition, itself
+standard library only): it runs with the image's (or the venv's) Python, where the package is
+installed, and needs no cron daemon, no Docker socket and no extra package. $NIGHTLY_NOW (ISO
+time, e.g. 2026-01-08T00:10:00Z) replaces the clock, for tests. Log lines go to stdout:
+`TIME nightly-scheduler LEVEL message`.
 """
 
 from __future__ import annotations
@@ -56,37 +58,46 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsys_mtl.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_CONFLICT,
+    EXIT_DATA,
+    EXIT_ERROR,
+    EXIT_GATE,
+    EXIT_LOCKED,  # --once, when another run holds the lock
+    EXIT_OK,
+)
+
 DEFAULT_AT = "02:30"
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; try again later
 LOCK_POLL_S = 5.0
 SLEEP_STEP_S = 1.0  # the loop re-reads the clock this often, so clock changes and signals act fast
 
 # exit code -> (log level, outcome, what it means for the operator)
 OUTCOMES: dict[int, tuple[str, str, str]] = {
-    0: ("INFO", "ok", "published and promoted, or nothing to do (this date was done already)"),
-    1: (
+    EXIT_OK: ("INFO", "ok", "published and promoted, or nothing to do (this date was done already)"),
+    EXIT_ERROR: (
         "ERROR",
         "internal_error",
         "internal error, see the log above; a re-run resumes from the last checkpoint",
     ),
-    2: (
+    EXIT_BAD_INPUT: (
         "ERROR",
         "bad_config",
         "bad arguments or recipe: every run fails the same way until the configuration is fixed",
     ),
-    3: (
+    EXIT_DATA: (
         "WARNING",
         "data_invalid",
         "the day's partition failed validation: nothing trained or published; fix or re-deliver "
         "the data, then run this date again",
     ),
-    4: (
+    EXIT_GATE: (
         "WARNING",
         "gate_failed",
         "the new model failed the quality gate: nothing published, the serving model is unchanged; "
         "read the report in WORK/NAME/DATE/report/ (a re-run of this date needs --force)",
     ),
-    5: (
+    EXIT_CONFLICT: (
         "WARNING",
         "promote_conflict",
         "the current version changed while the job ran (a promote or a rollback): nothing "

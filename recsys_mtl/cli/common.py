@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from recsys_mtl.exit_codes import EXIT_BAD_INPUT
+
 log = logging.getLogger("recsys_mtl")
 
 
@@ -20,9 +22,6 @@ def _shipped_config(name: str) -> Path:
 # The shipped recipe and serving config.
 DEFAULT_RECIPE = _shipped_config("ads_ranker.yaml")
 DEFAULT_SERVING_CONFIG = _shipped_config("serving.yaml")
-
-# Exit codes: 0 ok, 2 bad input (recipe, data, arguments). Later stages add their own.
-EXIT_BAD_INPUT = 2
 
 
 def add_recipe_argument(p: argparse.ArgumentParser) -> None:

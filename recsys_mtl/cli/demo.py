@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from recsys_mtl.cli.common import DEFAULT_RECIPE, DEFAULT_SERVING_CONFIG, add_recipe_argument, fail
+from recsys_mtl.exit_codes import EXIT_ERROR
 
 log = logging.getLogger("recsys_mtl.demo")
 
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(_serve_sample(out, recipe.name, args.serving_config, data, info["data"]["eval_days"][-1]))
     except Exception as e:  # the server's log says why
-        return fail(RuntimeError(f"serving step failed: {e}"), code=1)
+        return fail(RuntimeError(f"serving step failed: {e}"), code=EXIT_ERROR)
     print(
         f"\ntrained {recipe.model.type} on {info['world_size']} process(es): {info['steps']} steps, "
         f"{info['samples_per_s']:,.0f} samples/s; the metrics above are on the held-out day "

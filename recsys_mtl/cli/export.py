@@ -23,6 +23,7 @@ import argparse
 from pathlib import Path
 
 from recsys_mtl.cli.common import fail
+from recsys_mtl.exit_codes import EXIT_ERROR
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
         )
     except (ExportError, RegistryWriteError) as e:  # not the arguments: the model or the disk
-        return fail(e, code=1)
+        return fail(e, code=EXIT_ERROR)
     except (OSError, ValueError) as e:  # RunError, RegistryError, RecipeError
         return fail(e)
     print(

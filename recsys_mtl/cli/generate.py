@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys_mtl.exit_codes import EXIT_BAD_INPUT
+
 if TYPE_CHECKING:
     from recsys_mtl.synth import SynthConfig
 
@@ -109,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
         summary = generate(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     except OutputExistsError as e:
         print(f"recsys-mtl generate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except ValueError as e:
         print(f"recsys-mtl generate: invalid arguments: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(json.dumps(summary, sort_keys=True))
     return 0

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         return fail(FileNotFoundError(f"{args.data}: data directory does not exist"))
 
-    from pipelines.nightly import EXIT_ERROR, NightlyConfig, run_nightly
+    from pipelines.nightly import NightlyConfig, run_nightly
+    from recsys_mtl.exit_codes import EXIT_ERROR
 
     cfg = NightlyConfig(
         date=date,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recsys_mtl.cli.common import fail
+from recsys_mtl.exit_codes import EXIT_ERROR
 
 if TYPE_CHECKING:
     from recsys_mtl.registry import Registry
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         old, new = reg.rollback(args.name, args.to)
     except RegistryWriteError as e:
-        return fail(e, code=1)
+        return fail(e, code=EXIT_ERROR)
     except RegistryError as e:
         return fail(e)
     print(
