@@ -52,7 +52,7 @@ from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CL
 )
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
-from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, read_run_info
+from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, latest_checkpoint, read_run_info
 
 log = logging.getLogger("pipelines.nightly")
 
@@ -411,8 +411,6 @@ def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: str
     from its latest checkpoint when an earlier attempt was interrupted; warm-started from the
     registry version `warm_start` by its own directory (not current.json, which may move while
     the job runs), its weights checked against the manifest by the trainer."""
-    from recsys_mtl.checkpoint import latest_checkpoint
-
     info = read_run_info(run_dir) if (run_dir / RUN_FILE).is_file() else {}
     if info.get("status") == "finished":
         log.info("training for %s already finished in %s: reusing it", cfg.day, run_dir)

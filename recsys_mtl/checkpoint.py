@@ -18,14 +18,14 @@ Everything written here is tensors or JSON: loading never unpickles arbitrary ob
 (`torch.load(..., weights_only=True)`).
 
 Pointers are names, never paths: latest.json's `dir` must be a plain directory name
-(`recsys_mtl.registry.check_name`), so a crafted {"dir": "../../x"} is refused, not followed. A
-warm start from a registry goes through `Registry` (the same check on current.json's version) and
-reads weights.pt only after its size and sha256 match the version's manifest (`registry_weights`).
+(`recsys_mtl.registry.check_name`, in `recsys_mtl.run.latest_checkpoint`, which reads it), so a
+crafted {"dir": "../../x"} is refused, not followed. A warm start from a registry goes through
+`Registry` (the same check on current.json's version) and reads weights.pt only after its size and
+sha256 match the version's manifest (`registry_weights`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -38,39 +38,18 @@ from torch import nn
 
 from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.distributed import ReplicatedTableOptimizer
-from recsys_mtl.registry import Registry, RegistryError, check_name
-from recsys_mtl.run import RunError
+from recsys_mtl.registry import Registry, RegistryError
+
+# The run directory's layout, and reading its latest.json, belong to recsys_mtl.run (which loads a
+# model from the latest checkpoint); re-exported here, where the trainer and tests look for them.
+from recsys_mtl.run import CHECKPOINTS as CHECKPOINTS
+from recsys_mtl.run import LATEST, checkpoints_dir
+from recsys_mtl.run import latest_checkpoint as latest_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
 KEEP = 2
 TABLE_OPTIM = "replicated_tables_optim.pt"
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(checkpoint directory, its progress) of the newest complete checkpoint, or None.
-
-    Raises:
-        RunError: latest.json is unreadable or its `dir` is not a plain directory name of this
-            run's checkpoints (a crafted pointer is refused, never followed).
-    """
-    p = checkpoints_dir(run_dir) / LATEST
-    if not p.is_file():
-        return None
-    try:
-        pointer = json.loads(p.read_text())
-        name = check_name("checkpoint directory", pointer["dir"])
-        ck = checkpoints_dir(run_dir) / name
-        progress = json.loads((ck / "progress.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError) as e:  # RegistryError, JSONDecodeError
-        raise RunError(f"{p}: not a usable checkpoint pointer ({e})") from None
-    return ck, progress
 
 
 def save_training_checkpoint(

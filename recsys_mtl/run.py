@@ -5,7 +5,7 @@ RUN/run.json        recipe, feature transform spec (with the dense statistics fi
                     data), data range, steps, throughput, loss curve, sharding plan
 RUN/checkpoints/    torch.distributed.checkpoint (DCP) checkpoints (recsys_mtl.checkpoint): written
                     by every rank of a sharded run, each its own shards; loadable into an unsharded
-                    model anywhere
+                    model anywhere; latest.json points at the newest (`latest_checkpoint`, here)
 RUN/metrics.json    evaluation on the held-out days
 ```
 
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 # write_json_atomic lives in recsys_mtl.atomic_files; re-exported for the trainer, which imports it from here.
 from recsys_mtl.atomic_files import write_json_atomic as write_json_atomic
 from recsys_mtl.recipe import Recipe, recipe_from_dict
+from recsys_mtl.registry import check_name
 
 if TYPE_CHECKING:  # torch and the models are imported where a model is loaded: reading run.json stays cheap
     from torch import nn
@@ -35,6 +36,8 @@ if TYPE_CHECKING:  # torch and the models are imported where a model is loaded: 
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"  # in CHECKPOINTS: {"step", "dir"}, written by recsys_mtl.checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,34 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
         raise RunError(f"{p}: unreadable ({e})") from None
 
 
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint directory, its progress) of the newest complete checkpoint, or None.
+
+    Raises:
+        RunError: latest.json is unreadable or its `dir` is not a plain directory name of this
+            run's checkpoints (a crafted pointer is refused, never followed).
+    """
+    p = checkpoints_dir(run_dir) / LATEST
+    if not p.is_file():
+        return None
+    try:
+        pointer = json.loads(p.read_text())
+        name = check_name("checkpoint directory", pointer["dir"])
+        ck = checkpoints_dir(run_dir) / name
+        progress = json.loads((ck / "progress.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:  # RegistryError, JSONDecodeError
+        raise RunError(f"{p}: not a usable checkpoint pointer ({e})") from None
+    return ck, progress
+
+
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The run's recipe, transform, and trained model (unsharded, CPU, eval mode)."""
     import torch.distributed.checkpoint as dcp
 
-    from recsys_mtl.checkpoint import latest_checkpoint
     from recsys_mtl.models import build_model
     from recsys_mtl.transform import FeatureTransform
 
