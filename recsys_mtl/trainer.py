@@ -1,4 +1,4 @@
-"""The training loop: Parquet days -> a sharded multi-task model -> a run directory.
+"""Training a run: Parquet days -> a sharded multi-task model -> a run directory.
 
 One program for every world size (see `recsys_mtl.distributed`): each rank reads its own row
 groups, the model runs under TorchRec's DistributedModelParallel with the sparse optimizer fused
@@ -17,6 +17,11 @@ metrics.json and anything exported from the run hold the best epoch's weights (t
 optimizer states in that checkpoint stay the last epoch's). Validation time is kept out of the
 reported training time and samples/s. A `--resume`d run restarts the patience count.
 
+Where it lives: this module sets a run up (`_set_up`: threads, seed, run directory or resume, reader,
+sharded model, optimizers; `_training_loop`: a resumed run's position or a warm start) and finishes
+it (`_finish`: final checkpoint, run.json, evaluation); `recsys_mtl.training_loop` holds the loop
+itself, its periodic checkpoints and early stopping.
+
 Throughput: run.json's `samples_per_s` is wall-clock over the training loop (reading, transform,
 steps); `samples_per_cpu_s` divides by the process CPU time of the same loop instead (summed over
 ranks), which on a machine shared with other work estimates what the loop does on cores of its own.
@@ -27,10 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import math
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from recsys_mtl.checkpoint import (
     RegistryWeights,
@@ -49,7 +50,6 @@ from recsys_mtl.checkpoint import (
     load_model_weights,
     load_training_checkpoint,
     registry_weights,
-    save_training_checkpoint,
 )
 from recsys_mtl.dataset import DataError, inspect_partitions, list_partitions
 from recsys_mtl.distributed import (
@@ -61,10 +61,12 @@ from recsys_mtl.distributed import (
     shard_model,
     shutdown,
 )
-from recsys_mtl.models import build_model, total_loss
+from recsys_mtl.models import build_model
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, read_run_info, write_json_atomic
+from recsys_mtl.training_loop import EarlyStopping, TrainingLoop
+from recsys_mtl.training_loop import validation_score as validation_score  # re-exported: public API
 from recsys_mtl.transform import FeatureTransform
 
 log = logging.getLogger(__name__)
@@ -147,111 +149,6 @@ def _prepare_out(cfg: TrainConfig, ctx: DistContext) -> None:
     dist.barrier()
 
 
-def validation_score(metrics: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """The early-stopping score of a metrics dict (`recsys_mtl.evaluation.compute_metrics`): the mean
-    over tasks of AUC (binary) or C-index (hazard), and the per-task values it averages. Tasks whose
-    metric is undefined (one class only) are left out; NaN when none is defined."""
-    per_task: dict[str, float] = {}
-    for name, m in metrics["tasks"].items():
-        v = m.get("auc", m.get("c_index"))
-        if v is not None:
-            per_task[name] = float(v)
-    score = sum(per_task.values()) / len(per_task) if per_task else float("nan")
-    return score, per_task
-
-
-class _EarlyStopping:
-    """Per-epoch validation on the held-out days, the best-weights snapshot and the stop rule.
-
-    Every rank scores the whole validation set through the (sharded) model, so each forward's
-    collectives line up; rank 0's score is broadcast so all ranks take the same decision.
-    """
-
-    def __init__(
-        self, recipe: Recipe, cfg: TrainConfig, transform: FeatureTransform, split: DaySplit, patience: int
-    ) -> None:
-        from recsys_mtl.evaluation import evaluation_reader
-
-        if not split.eval:
-            raise ValueError(
-                "training.early_stopping_patience needs held-out days to validate on (eval_days >= 1)"
-            )
-        self.recipe, self.patience = recipe, patience
-        self.best_dir = checkpoints_dir(cfg.out) / "best"
-        self.reader = evaluation_reader(
-            recipe, cfg.data_dir, transform=transform, start=split.eval[0], end=split.eval[-1]
-        )
-        self.history: list[dict[str, Any]] = []
-        self.best_score = -math.inf
-        self.best_epoch = 0
-        self.seconds = 0.0  # spent validating and snapshotting: not training time
-        self.cpu_seconds = 0.0  # the same in process CPU time
-
-    def after_epoch(self, model: torch.nn.Module, epoch: int, step: int, ctx: DistContext) -> bool:
-        """Validate after `epoch` (1-based); snapshot the weights when it is the best so far.
-        Returns True when training should stop."""
-        from recsys_mtl.evaluation import compute_metrics, predict
-
-        t0, c0 = time.perf_counter(), time.process_time()
-        score, per_task = validation_score(compute_metrics(self.recipe, predict(model, self.reader)))
-        shared = torch.tensor([score], dtype=torch.float64)
-        dist.broadcast(shared, src=0)
-        score = float(shared.item())
-        improved = math.isfinite(score) and score > self.best_score
-        if improved:
-            self.best_score, self.best_epoch = score, epoch
-            self._snapshot(model, ctx)
-        self.history.append({"epoch": epoch, "step": step, "score": score, "tasks": per_task})
-        stop = epoch - self.best_epoch >= self.patience
-        if ctx.is_main:
-            log.info(
-                "epoch %d: validation score %.5f %s (best %.5f at epoch %d)%s",
-                epoch,
-                score,
-                {k: round(v, 5) for k, v in per_task.items()},
-                self.best_score,
-                self.best_epoch,
-                f"; no improvement for {self.patience} epoch(s): stopping" if stop else "",
-            )
-        self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.process_time() - c0
-        return stop
-
-    def _snapshot(self, model: torch.nn.Module, ctx: DistContext) -> None:
-        import torch.distributed.checkpoint as dcp
-
-        if ctx.is_main and self.best_dir.exists():
-            shutil.rmtree(self.best_dir)
-        dist.barrier()
-        dcp.save({"model": model.state_dict()}, checkpoint_id=str(self.best_dir))
-        dist.barrier()
-
-    def restore_best(self, model: torch.nn.Module, last_epoch: int, ctx: DistContext) -> None:
-        """Load the best epoch's weights back (unless the last epoch was the best), then drop the
-        snapshot: the run's final checkpoint holds them from here on."""
-        t0, c0 = time.perf_counter(), time.process_time()
-        if self.best_epoch and self.best_epoch != last_epoch:
-            load_model_weights(model, self.best_dir)
-            if ctx.is_main:
-                log.info("early stopping: restored the weights of epoch %d", self.best_epoch)
-        dist.barrier()
-        if ctx.is_main:
-            shutil.rmtree(self.best_dir, ignore_errors=True)
-        self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.process_time() - c0
-
-    def summary(self, stopped: bool) -> dict[str, Any]:
-        return {
-            "patience": self.patience,
-            "metric": "mean over tasks of AUC (binary) / C-index (hazard) on the held-out days",
-            "best_epoch": self.best_epoch or None,
-            "best_score": self.best_score if self.best_epoch else None,
-            "stopped_early": stopped,
-            "validation_seconds": self.seconds,
-            "history": self.history,
-        }
-
-
 def _steps_per_epoch(reader: ParquetReader) -> int:
     """Full batches every rank can take: collectives need all ranks to step together."""
     local = torch.tensor([reader.num_rows // reader.batch_size], dtype=torch.int64)
@@ -325,6 +222,37 @@ def _warm_start_checkpoint(source: Path) -> Path | RegistryWeights:
 
 
 def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    """Set the run up, position the loop (resume or warm start), run it, finish the run."""
+    run = _set_up(recipe, cfg, ctx)
+    loop = _training_loop(run, cfg, ctx)
+    _log_start(run, ctx, loop.step)
+    loop.run()
+    return _finish(run, loop, cfg, ctx)
+
+
+@dataclass
+class _Run:
+    """What a run trains with once it is set up (`_set_up`)."""
+
+    recipe: Recipe
+    transform: FeatureTransform
+    split: DaySplit
+    threads: int
+    batch_size: int
+    epochs: int
+    reader: ParquetReader
+    steps_per_epoch: int
+    total_steps: int
+    early: EarlyStopping | None
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    table_optimizer: torch.optim.Optimizer | None
+    plan: dict[str, Any]
+
+
+def _set_up(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> _Run:
+    """Threads and seed, the run directory (new or resumed), the reader and step count, early
+    stopping, the sharded model and its optimizers."""
     threads = cfg.threads or max(1, (torch.get_num_threads() or 1) // max(1, _local_world(ctx)))
     torch.set_num_threads(threads)
     torch.manual_seed(recipe.training.seed + ctx.rank)
@@ -351,8 +279,10 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    patience = recipe.training.early_stopping_patience
-    early = _EarlyStopping(recipe, cfg, transform, split, patience) if patience else None
+    early = None
+    if patience := recipe.training.early_stopping_patience:
+        best_dir = checkpoints_dir(cfg.out) / "best"
+        early = EarlyStopping(recipe, cfg.data_dir, transform, split.eval, best_dir, patience)
 
     model = shard_model(build_model(recipe, embedding_device=torch.device("meta")), recipe, ctx)
     # Everything outside the embedding collections. By name, so the set is the same whatever the
@@ -362,14 +292,33 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     # Sharded tables are updated by the fused optimizer in backward; data-parallel ones are plain
     # replicated parameters and get the recipe's sparse optimizer here (or they never train).
     table_optimizer = replicated_table_optimizer(recipe, model)
-    optimizers = [optimizer] + ([table_optimizer] if table_optimizer is not None else [])
-    plan = plan_summary(model)
+    return _Run(
+        recipe=recipe,
+        transform=transform,
+        split=split,
+        threads=threads,
+        batch_size=bs,
+        epochs=epochs,
+        reader=reader,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        early=early,
+        model=model,
+        optimizer=optimizer,
+        table_optimizer=table_optimizer,
+        plan=plan_summary(model),
+    )
 
+
+def _training_loop(run: _Run, cfg: TrainConfig, ctx: DistContext) -> TrainingLoop:
+    """The loop, positioned where a resumed run's latest checkpoint left off (its weights and
+    optimizer states loaded), or at step 0 with the weights of a warm start, if any."""
     step, curve, elapsed = 0, [], 0.0
+    bs = run.batch_size
     latest = latest_checkpoint(cfg.out) if cfg.resume else None
     if latest is not None:
         ck, progress = latest
-        load_training_checkpoint(ck, model, optimizer, ctx.rank, table_optimizer)
+        load_training_checkpoint(ck, run.model, run.optimizer, ctx.rank, run.table_optimizer)
         curve, elapsed = list(progress["loss_curve"]), float(progress["seconds"])
         # Position in samples, so a run saved with N ranks resumes with any other number.
         step = int(progress["samples"]) // (bs * ctx.world_size)
@@ -384,156 +333,115 @@ def _train(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]
     elif cfg.resume and ctx.is_main:
         log.info("--resume: no checkpoint yet in %s; starting from step 0", cfg.out)
     if cfg.warm_start and latest is None:
-        src = _warm_start_checkpoint(Path(cfg.warm_start))
-        if isinstance(src, RegistryWeights):  # a registry version's unsharded, verified weights
-            load_full_weights(model, torch.load(io.BytesIO(src.data), weights_only=True))
-        else:
-            load_model_weights(model, src)
-        if ctx.is_main:
-            where = src.describe() if isinstance(src, RegistryWeights) else src
-            log.info("warm start: model weights from %s", where)
-
-    if ctx.is_main:
-        log.info(
-            "training %s (%s) on %d rank(s), %d thread(s) each: days %s..%s, steps %d..%d of %d rows/rank; "
-            "held out %s",
-            recipe.name,
-            recipe.model.type,
-            ctx.world_size,
-            threads,
-            split.train[0],
-            split.train[-1],
-            step,
-            total_steps,
-            bs,
-            [d.isoformat() for d in split.eval] or "nothing",
-        )
-        for table, p in plan.items():
-            log.info("  table %-14s %-13s ranks %s", table, p["sharding_type"], p["ranks"])
-
-    every = cfg.checkpoint_every or recipe.training.checkpoint_every
-
-    def train_seconds() -> float:
-        """Time in this invocation's loop, less validation (early stopping)."""
-        return time.perf_counter() - t0 - (early.seconds if early else 0.0)
-
-    def train_cpu_seconds() -> float:
-        """The same in process CPU time (all threads). On a shared machine wall time also counts
-        waiting for a core; samples per CPU-second estimates the rate on dedicated cores."""
-        return time.process_time() - c0 - (early.cpu_seconds if early else 0.0)
-
-    def progress_now() -> dict[str, Any]:
-        return {
-            "step": step,
-            "samples": step * bs * ctx.world_size,
-            "world_size": ctx.world_size,
-            "batch_size_per_rank": bs,
-            "seconds": elapsed + train_seconds(),
-            "loss_curve": curve,
-        }
-
-    model.train()
-    window: dict[str, float] = {}
-    window_steps = 0
-    first_step = step
-    stopped = False
-    postfix: dict[str, str] = {}
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not (cfg.progress and ctx.is_main),
-        mininterval=0.5 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s
+        _warm_start(run.model, Path(cfg.warm_start), ctx)
+    return TrainingLoop(
+        recipe=run.recipe,
+        ctx=ctx,
+        reader=run.reader,
+        model=run.model,
+        optimizer=run.optimizer,
+        table_optimizer=run.table_optimizer,
+        early=run.early,
+        out=cfg.out,
+        batch_size=bs,
+        steps_per_epoch=run.steps_per_epoch,
+        total_steps=run.total_steps,
+        checkpoint_every=cfg.checkpoint_every or run.recipe.training.checkpoint_every,
+        log_every=cfg.log_every,
+        progress_bar=cfg.progress,
+        step=step,
+        curve=curve,
+        elapsed=elapsed,
     )
-    t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        while step < total_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
-            reader.set_epoch(epoch)
-            for i, batch in enumerate(reader.iter_batches(skip=skip), start=skip):
-                if i >= steps_per_epoch or step >= total_steps:
-                    break
-                outputs = model(batch.features.sparse, batch.features.dense)
-                loss, per_task = total_loss(recipe, outputs, batch.targets)
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                step += 1
-                window["loss"] = window.get("loss", 0.0) + float(loss.detach())
-                for k, v in per_task.items():
-                    window[k] = window.get(k, 0.0) + float(v.detach())
-                window_steps += 1
-                if not math.isfinite(window["loss"]):
-                    raise FloatingPointError(
-                        f"loss is {window['loss']} at step {step}; lower the learning rates"
-                    )
-                if step % cfg.log_every == 0 or step == total_steps:
-                    point = {k: v / window_steps for k, v in window.items()}
-                    curve.append({"step": step, **point})
-                    window, window_steps = {}, 0
-                    rate = (step - first_step) * bs * ctx.world_size / train_seconds()
-                    postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
-                    bar.set_postfix(postfix, refresh=False)  # the bar redraws at its own pace
-                bar.update(1)
-                if step % every == 0 and step < total_steps:
-                    save_training_checkpoint(
-                        cfg.out, model, optimizer, progress_now(), ctx.rank, table_optimizer
-                    )
-                if early is not None and step % steps_per_epoch == 0:
-                    if early.after_epoch(model, step // steps_per_epoch, step, ctx):
-                        stopped, total_steps = True, step  # ends both loops
-                    postfix["val"] = f"{early.history[-1]['score']:.4f}"
-                    bar.set_postfix(postfix, refresh=False)
-        if early is not None:
-            early.restore_best(model, step // steps_per_epoch if step % steps_per_epoch == 0 else -1, ctx)
-    finally:
-        bar.close()
-    seconds, cpu_seconds = train_seconds(), train_cpu_seconds()
+
+
+def _warm_start(model: torch.nn.Module, source: Path, ctx: DistContext) -> None:
+    """Load a warm start's model weights (see `_warm_start_checkpoint` for the sources)."""
+    src = _warm_start_checkpoint(source)
+    if isinstance(src, RegistryWeights):  # a registry version's unsharded, verified weights
+        load_full_weights(model, torch.load(io.BytesIO(src.data), weights_only=True))
+    else:
+        load_model_weights(model, src)
+    if ctx.is_main:
+        where = src.describe() if isinstance(src, RegistryWeights) else src
+        log.info("warm start: model weights from %s", where)
+
+
+def _log_start(run: _Run, ctx: DistContext, step: int) -> None:
+    if not ctx.is_main:
+        return
+    log.info(
+        "training %s (%s) on %d rank(s), %d thread(s) each: days %s..%s, steps %d..%d of %d rows/rank; "
+        "held out %s",
+        run.recipe.name,
+        run.recipe.model.type,
+        ctx.world_size,
+        run.threads,
+        run.split.train[0],
+        run.split.train[-1],
+        step,
+        run.total_steps,
+        run.batch_size,
+        [d.isoformat() for d in run.split.eval] or "nothing",
+    )
+    for table, p in run.plan.items():
+        log.info("  table %-14s %-13s ranks %s", table, p["sharding_type"], p["ranks"])
+
+
+def _finish(run: _Run, loop: TrainingLoop, cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    """The final checkpoint, run.json (status "finished") and, on rank 0, the held-out evaluation
+    (RUN/metrics.json). Returns run.json's dict, with the metrics when evaluated."""
+    seconds, cpu_seconds = loop.train_seconds(), loop.train_cpu_seconds()
     cpu_all = torch.tensor([cpu_seconds], dtype=torch.float64)
     dist.all_reduce(cpu_all)  # every rank's CPU time: the samples count is every rank's too
     cpu_seconds = float(cpu_all.item())
-    samples = (step - first_step) * bs * ctx.world_size
-    save_training_checkpoint(cfg.out, model, optimizer, progress_now(), ctx.rank, table_optimizer)
-    info: dict[str, Any] = {
-        "status": "finished",
-        **_run_header(recipe, transform, cfg, split),
-        "world_size": ctx.world_size,
-        "threads_per_rank": threads,
-        "batch_size_per_rank": bs,
-        "steps": step,
-        "epochs": epochs,
-        "samples": step * bs * ctx.world_size,
-        "seconds": elapsed + seconds,
-        # throughput of this invocation only (a resumed run does not count the earlier one)
-        "samples_per_s": samples / seconds if seconds > 0 and samples else None,
-        "cpu_seconds": cpu_seconds,
-        "samples_per_cpu_s": samples / cpu_seconds if cpu_seconds > 0 and samples else None,
-        "parameters": None,
-        "loss_curve": curve,
-        "sharding_plan": plan,
-        "warm_start": str(cfg.warm_start) if cfg.warm_start else None,
-        "early_stopping": early.summary(stopped) if early else None,
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    samples = loop.samples
+    loop.save_checkpoint()
+    info = _finished_info(run, loop, cfg, ctx, seconds, cpu_seconds)
     if ctx.is_main:
-        info["parameters"] = count_parameters(build_model(recipe))
+        info["parameters"] = count_parameters(build_model(run.recipe))
         write_json_atomic(cfg.out / RUN_FILE, info)
         log.info(
             "trained to step %d: %s samples in %.1fs (%s samples/s); checkpoint in %s",
-            step,
+            loop.step,
             f"{samples:,}",
             seconds,
             f"{samples / max(seconds, 1e-9):,.0f}",
             cfg.out,
         )
     dist.barrier()
-    if cfg.evaluate and split.eval and ctx.is_main:
-        info["metrics"] = evaluate_run(cfg.out, split)
+    if cfg.evaluate and run.split.eval and ctx.is_main:
+        info["metrics"] = evaluate_run(cfg.out, run.split)
     dist.barrier()
     return info
+
+
+def _finished_info(
+    run: _Run, loop: TrainingLoop, cfg: TrainConfig, ctx: DistContext, seconds: float, cpu_seconds: float
+) -> dict[str, Any]:
+    """run.json of a finished run ("parameters" is filled in by rank 0)."""
+    bs, step, samples = run.batch_size, loop.step, loop.samples
+    return {
+        "status": "finished",
+        **_run_header(run.recipe, run.transform, cfg, run.split),
+        "world_size": ctx.world_size,
+        "threads_per_rank": run.threads,
+        "batch_size_per_rank": bs,
+        "steps": step,
+        "epochs": run.epochs,
+        "samples": step * bs * ctx.world_size,
+        "seconds": loop.elapsed + seconds,
+        # throughput of this invocation only (a resumed run does not count the earlier one)
+        "samples_per_s": samples / seconds if seconds > 0 and samples else None,
+        "cpu_seconds": cpu_seconds,
+        "samples_per_cpu_s": samples / cpu_seconds if cpu_seconds > 0 and samples else None,
+        "parameters": None,
+        "loss_curve": loop.curve,
+        "sharding_plan": run.plan,
+        "warm_start": str(cfg.warm_start) if cfg.warm_start else None,
+        "early_stopping": run.early.summary(loop.stopped) if run.early else None,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
