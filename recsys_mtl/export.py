@@ -63,7 +63,7 @@ from recsys_mtl.scorer import (
     sha256_bytes,
     synthetic_columns,
 )
-from recsys_mtl.transform import FeatureTransform
+from recsys_mtl.transform import FeatureBatch, FeatureTransform
 
 log = logging.getLogger("recsys_mtl.export")
 
@@ -249,6 +249,137 @@ def _data_range(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
+@dataclass
+class _Build:
+    """One scripted build of the model, reloaded from its own bytes and compared with the eager
+    model (`_scripted_build`)."""
+
+    blob: bytes  # the TorchScript archive, as published
+    sha256: str  # of blob
+    artifact: TorchScriptArtifact  # the blob loaded back, as the server will load it
+    max_abs_diff: float  # vs the fp32 eager model, over PARITY_BATCH_SIZES
+    outputs: dict[str, torch.Tensor]  # the largest parity batch's outputs (their shapes describe them)
+
+
+def _scripted_build(model: MultiTaskModel, transform: FeatureTransform, int8: bool) -> _Build:
+    """Script `model` (`script_model`), serialise it, load it back and measure its parity."""
+    blob = artifact_bytes(script_model(model, int8=int8))
+    artifact = TorchScriptArtifact.from_bytes(blob)  # the bytes as the server will load them
+    max_diff, outputs = _parity(model, artifact, transform)
+    return _Build(
+        blob=blob, sha256=sha256_bytes(blob), artifact=artifact, max_abs_diff=max_diff, outputs=outputs
+    )
+
+
+def _check_fp32_parity(build: _Build) -> None:
+    """An fp32 build must reproduce the eager model (within FP32_TOLERANCE), else nothing is published."""
+    if build.max_abs_diff > FP32_TOLERANCE:
+        raise ExportError(
+            f"the TorchScript export differs from the eager model by {build.max_abs_diff:.3g} "
+            f"(> {FP32_TOLERANCE:g})"
+        )
+
+
+def _golden_outputs(artifact: TorchScriptArtifact, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+    """The artifact's outputs on the golden rows (a transformed batch)."""
+    with torch.inference_mode():
+        return artifact.forward(batch.sparse, batch.dense)
+
+
+def _manifest(
+    model: MultiTaskModel,
+    recipe: Recipe,
+    transform: FeatureTransform,
+    name: str,
+    build: _Build,
+    *,
+    int8: bool,
+    golden_cols: dict[str, list[Any]],
+    golden_out: Mapping[str, torch.Tensor],
+    seconds: float,
+    data: Mapping[str, Any] | None,
+    metrics: Mapping[str, Any] | None,
+    source_run: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """manifest.json of a build (fields: the module docstring), before the caller's extra entries,
+    `weights` and `companions` are added."""
+    tasks, grids = _tasks(recipe, build.outputs)
+    return {
+        "kind": MANIFEST_KIND,
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        "version": None,  # filled in by Registry.publish
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "int8": int8,
+        "artifact": {
+            "format": TorchScriptArtifact.format,
+            "file": MODEL_FILE,
+            "sha256": build.sha256,
+            "bytes": len(build.blob),
+            "quantization": (
+                "embedding tables int8 row-wise (torchrec quantize_inference_model); dense layers fp32"
+                if int8
+                else None
+            ),
+            "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[N, D]) -> Dict[str, Tensor]",
+        },
+        "outputs": _output_specs(recipe, build.outputs),
+        "tasks": tasks,
+        "grids": grids,
+        "inputs": {
+            "columns": transform.input_columns,
+            "sparse_keys": transform.sparse_keys,
+            "dense_features": transform.dense_names,
+        },
+        "transform": transform.spec(),
+        "recipe": recipe.to_dict(),
+        "model": {"type": recipe.model.type, "parameters": sum(p.numel() for p in model.parameters())},
+        "data": _data_range(data),
+        "metrics": dict(metrics) if metrics is not None else None,
+        "source_run": dict(source_run) if source_run is not None else None,
+        "versions": _package_versions(),
+        "export": {
+            "seconds": round(seconds, 3),
+            "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "max_abs_diff": build.max_abs_diff},
+        },
+        "golden": {
+            "columns": golden_cols,
+            "outputs": {k: v.tolist() for k, v in golden_out.items()},
+        },
+    }
+
+
+def _weights_entry(weights: bytes) -> dict[str, Any]:
+    """The manifest's `weights` entry for weights.pt."""
+    return {
+        "format": "torch-state-dict",
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_bytes(weights),
+        "bytes": len(weights),
+    }
+
+
+def _int8_companion(
+    model: MultiTaskModel, transform: FeatureTransform, golden: FeatureBatch
+) -> tuple[bytes, dict[str, Any]]:
+    """An int8 build of the same weights for beside an fp32 export: its bytes and the manifest's
+    `companions.int8` entry. Non-finite outputs on the golden rows refuse it (ExportError)."""
+    q = _scripted_build(model, transform, int8=True)
+    q_golden = _golden_outputs(q.artifact, golden)
+    bad = [k for k, t in q_golden.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ExportError(f"the int8 build gives non-finite outputs {bad} on the golden rows")
+    return q.blob, {
+        "format": TorchScriptArtifact.format,
+        "file": INT8_COMPANION_FILE,
+        "sha256": q.sha256,
+        "bytes": len(q.blob),
+        "quantization": "embedding tables int8 row-wise (torchrec quantize_inference_model)",
+        "max_abs_diff_vs_fp32": q.max_abs_diff,
+        "golden_outputs": {k: v.tolist() for k, v in q_golden.items()},
+    }
+
+
 def export_model(
     model: MultiTaskModel,
     recipe: Recipe,
@@ -296,115 +427,55 @@ def export_model(
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     t0 = time.perf_counter()
-    blob = artifact_bytes(script_model(model, int8=int8))
-    artifact = TorchScriptArtifact.from_bytes(blob)  # the bytes as the server will load them
-    max_diff, outputs = _parity(model, artifact, transform)
-    if not int8 and max_diff > FP32_TOLERANCE:
-        raise ExportError(
-            f"the TorchScript export differs from the eager model by {max_diff:.3g} (> {FP32_TOLERANCE:g})"
-        )
+    build = _scripted_build(model, transform, int8=int8)
+    if not int8:
+        _check_fp32_parity(build)
     golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
-    gb = transform(golden_cols)
-    with torch.inference_mode():
-        golden_out = artifact.forward(gb.sparse, gb.dense)
-    tasks, grids = _tasks(recipe, outputs)
+    golden = transform(golden_cols)
+    golden_out = _golden_outputs(build.artifact, golden)
     seconds = time.perf_counter() - t0
-    digest = sha256_bytes(blob)
-    manifest: dict[str, Any] = {
-        "kind": MANIFEST_KIND,
-        "manifest_version": MANIFEST_VERSION,
-        "name": name,
-        "version": None,  # filled in by Registry.publish
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "int8": int8,
-        "artifact": {
-            "format": TorchScriptArtifact.format,
-            "file": MODEL_FILE,
-            "sha256": digest,
-            "bytes": len(blob),
-            "quantization": (
-                "embedding tables int8 row-wise (torchrec quantize_inference_model); dense layers fp32"
-                if int8
-                else None
-            ),
-            "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[N, D]) -> Dict[str, Tensor]",
-        },
-        "outputs": _output_specs(recipe, outputs),
-        "tasks": tasks,
-        "grids": grids,
-        "inputs": {
-            "columns": transform.input_columns,
-            "sparse_keys": transform.sparse_keys,
-            "dense_features": transform.dense_names,
-        },
-        "transform": transform.spec(),
-        "recipe": recipe.to_dict(),
-        "model": {"type": recipe.model.type, "parameters": sum(p.numel() for p in model.parameters())},
-        "data": _data_range(data),
-        "metrics": dict(metrics) if metrics is not None else None,
-        "source_run": dict(source_run) if source_run is not None else None,
-        "versions": _package_versions(),
-        "export": {
-            "seconds": round(seconds, 3),
-            "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "max_abs_diff": max_diff},
-        },
-        "golden": {
-            "columns": golden_cols,
-            "outputs": {k: v.tolist() for k, v in golden_out.items()},
-        },
-    }
+    manifest = _manifest(
+        model,
+        recipe,
+        transform,
+        name,
+        build,
+        int8=int8,
+        golden_cols=golden_cols,
+        golden_out=golden_out,
+        seconds=seconds,
+        data=data,
+        metrics=metrics,
+        source_run=source_run,
+    )
     manifest.update(extra_manifest or {})
     weights = weights_bytes(model)
-    manifest["weights"] = {
-        "format": "torch-state-dict",
-        "file": WEIGHTS_FILE,
-        "sha256": sha256_bytes(weights),
-        "bytes": len(weights),
-    }
-    files = {MODEL_FILE: blob, WEIGHTS_FILE: weights, **(extra_files or {})}
+    manifest["weights"] = _weights_entry(weights)
+    files = {MODEL_FILE: build.blob, WEIGHTS_FILE: weights, **(extra_files or {})}
     if int8_companion and not int8:
-        q_blob = artifact_bytes(script_model(model, int8=True))
-        q_art = TorchScriptArtifact.from_bytes(q_blob)
-        q_diff, _ = _parity(model, q_art, transform)
-        with torch.inference_mode():
-            q_golden = q_art.forward(gb.sparse, gb.dense)
-        bad = [k for k, t in q_golden.items() if not bool(torch.isfinite(t).all())]
-        if bad:
-            raise ExportError(f"the int8 build gives non-finite outputs {bad} on the golden rows")
-        files[INT8_COMPANION_FILE] = q_blob
-        manifest["companions"] = {
-            "int8": {
-                "format": TorchScriptArtifact.format,
-                "file": INT8_COMPANION_FILE,
-                "sha256": sha256_bytes(q_blob),
-                "bytes": len(q_blob),
-                "quantization": "embedding tables int8 row-wise (torchrec quantize_inference_model)",
-                "max_abs_diff_vs_fp32": q_diff,
-                "golden_outputs": {k: v.tolist() for k, v in q_golden.items()},
-            }
-        }
+        files[INT8_COMPANION_FILE], companion = _int8_companion(model, transform, golden)
+        manifest["companions"] = {"int8": companion}
     v = reg.publish(name, files, manifest, version=version, promote=promote, expect=expect)
-    path = reg.version_dir(name, v)
     log.info(
         "exported %s/%s (%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
         name,
         v,
         "int8" if int8 else "fp32",
-        len(blob) / 1e6,
-        max_diff,
+        len(build.blob) / 1e6,
+        build.max_abs_diff,
         seconds,
         "; promoted" if promote else "",
     )
     return ExportResult(
         name=name,
         version=v,
-        path=path,
-        sha256=digest,
-        bytes=len(blob),
+        path=reg.version_dir(name, v),
+        sha256=build.sha256,
+        bytes=len(build.blob),
         int8=int8,
         seconds=time.perf_counter() - t0,
         promoted=promote,
-        max_abs_diff=max_diff,
+        max_abs_diff=build.max_abs_diff,
     )
 
 
