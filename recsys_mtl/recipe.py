@@ -404,7 +404,7 @@ class GateSpec(_Strict):
         default="interval", description="interval: judge the interval's upper end; point: the estimate."
     )
     confidence: float = Field(
-        default=0.9,
+        default=0.95,
         ge=0.5,
         lt=1.0,
         description="Two-sided level of the interval; its upper end is a (1 + c) / 2 one-sided bound.",

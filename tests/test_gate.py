@@ -258,7 +258,7 @@ def test_a_clearly_worse_model_is_rejected_with_a_sentence_that_says_why(shipped
     ctr = rows_by_task(decision)["ctr"]
     assert ctr["high"] < -0.005 and ctr["verdict"] == "reject" and not decision["passed"]
     assert decision["reason"].startswith("rejected: ctr AUC new - serving v3 = -0.")
-    assert "90% interval" in decision["reason"] and "its upper end is below -0.005" in decision["reason"]
+    assert "95% interval" in decision["reason"] and "its upper end is below -0.005" in decision["reason"]
     assert f"{len(np.unique(day.user)):,} users" in decision["reason"]
     # the same table in the log as in the report: header, then one line per task
     lines = gate_table_lines(decision)
