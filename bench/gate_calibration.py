@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 from models import ensure_data  # noqa: E402  (bench/models.py: generated data, cached by config)
 
 from pipelines.gate import judge_task, quality_gate  # noqa: E402
+from recsys_mtl.cli.train import PYTHON_CLI, train_command  # noqa: E402
 from recsys_mtl.evaluation import Predictions, evaluation_reader, per_creative, predict  # noqa: E402
 from recsys_mtl.metrics import auc, c_index, survival_from_hazard  # noqa: E402
 from recsys_mtl.recipe import Recipe, load_recipe  # noqa: E402
@@ -79,15 +80,12 @@ def train_model(k: int, args: argparse.Namespace, cfg: SynthConfig, data: Path, 
     info = run / "run.json"
     if info.is_file() and json.loads(info.read_text()).get("status") == "finished":
         return run
-    cmd = [
-        sys.executable, "-m", "recsys_mtl.cli", "train", "--recipe", str(args.recipe), "--data", str(data),
-        "--out", str(run), "--start", day_name(cfg, k), "--end", day_name(cfg, k + args.window - 1),
-        "--eval-days", "0", "--epochs", "1", "--no-progress", "--overwrite",
-    ]  # fmt: skip
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    if k > 0:
-        cmd += ["--warm-start", str(runs / f"m{k - 1:02d}")]
+    cmd = train_command(
+        args.recipe, data, run, program=PYTHON_CLI,
+        start=day_name(cfg, k), end=day_name(cfg, k + args.window - 1),
+        eval_days=0, epochs=1, no_progress=True, overwrite=True,
+        threads=args.threads or None, warm_start=runs / f"m{k - 1:02d}" if k > 0 else None,
+    )  # fmt: skip
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from recsys_mtl.cli.train import train_command
 from recsys_mtl.run import read_run_info
 from recsys_mtl.synth import SCHEMA, SynthConfig, generate
 
@@ -153,24 +154,17 @@ def run_one(
     recipe: Path, data: Path, out: Path, epochs: int, threads: int, batch_size: int | None = None
 ) -> dict[str, Any]:
     """`recsys-mtl train` (1 process) of `recipe` on `data` into `out`: throughput and metrics."""
-    cmd = [
-        str(BIN),
-        "train",
-        "--recipe",
-        str(recipe),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--threads",
-        str(threads),
-        "--no-progress",
-        "--overwrite",
-    ]
-    if batch_size:
-        cmd += ["--batch-size", str(batch_size)]
+    cmd = train_command(
+        recipe,
+        data,
+        out,
+        program=[str(BIN)],
+        epochs=epochs,
+        threads=threads,
+        no_progress=True,
+        overwrite=True,
+        batch_size=batch_size or None,
+    )
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:

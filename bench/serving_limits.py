@@ -48,10 +48,11 @@ import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
 from serving_load import ROOT, Request, make_requests, publish_full_model, rss_mb, uptime  # noqa: E402
 
+from recsys_mtl.devtools.fixtures import ipc_stream  # noqa: E402
+from recsys_mtl.devtools.server_process import serve  # noqa: E402
 from recsys_mtl.recipe import load_recipe  # noqa: E402
 from serving.config import Runtime  # noqa: E402
 from serving.request import ARROW_STREAM, JSON, json_values_bound  # noqa: E402
-from tests.serving_support import ipc_stream, serve  # noqa: E402
 
 LIMITS = Runtime()  # the defaults are the shipped serving config's values
 TIMEOUT_S = 3.0  # header and body timeouts for this run (shipped: 10 s)

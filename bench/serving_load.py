@@ -68,8 +68,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `tests.serving_support` is imported as a package from the repo root
-    sys.path.insert(0, str(ROOT))
 
 import importlib.util  # noqa: E402
 
@@ -88,6 +86,8 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from recsys_mtl.devtools.fixtures import NAME, make_raw_table, write_config  # noqa: E402
+from recsys_mtl.devtools.server_process import ServerProcess, serve  # noqa: E402
 from recsys_mtl.export import export_model  # noqa: E402
 from recsys_mtl.models import build_model, total_loss  # noqa: E402
 from recsys_mtl.recipe import FeatureSpec, Recipe, load_recipe  # noqa: E402
@@ -98,8 +98,6 @@ from recsys_mtl.transform import FeatureTransform  # noqa: E402
 from serving.config import Runtime  # noqa: E402
 from serving.request import ARROW_STREAM, JSON, check_against_model, decode  # noqa: E402
 from serving.response import ScoreResult, render, render_arrow  # noqa: E402
-from tests.conftest import make_raw_table  # noqa: E402
-from tests.serving_support import NAME, Server, serve, write_config  # noqa: E402
 
 CONTENT_TYPES = {"json": JSON, "arrow": ARROW_STREAM}
 SOAK_SIZE = 500  # the soak runs at this size, JSON (issue #5)
@@ -326,7 +324,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def scrape(server: Server) -> dict[str, float]:
+def scrape(server: ServerProcess) -> dict[str, float]:
     """The server's cumulative sums and counts we difference around a run."""
     text = server.client.get("/metrics").text
     want = {
@@ -694,7 +692,7 @@ async def open_loop(
 
 
 @contextlib.contextmanager
-def observed(server: Server, st_box: list[RunStats]) -> Iterator[None]:
+def observed(server: ServerProcess, st_box: list[RunStats]) -> Iterator[None]:
     """Server metrics, server CPU and client CPU around a run; filled into the RunStats appended
     to `st_box` inside the block."""
     pid = server.proc.pid
@@ -861,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_size(
-    server: Server,
+    server: ServerProcess,
     model: LoadedModel,
     n: int,
     reqs: list[Request],
@@ -1031,7 +1029,7 @@ async def attribution_run(
 
 
 def run_attribution(
-    server: Server,
+    server: ServerProcess,
     model: LoadedModel,
     reqs: list[Request],
     rate: float,
@@ -1053,7 +1051,7 @@ def run_attribution(
 
 
 def run_soak(
-    server: Server, args: argparse.Namespace, reqs: list[Request], sat: dict[tuple[int, str], float]
+    server: ServerProcess, args: argparse.Namespace, reqs: list[Request], sat: dict[tuple[int, str], float]
 ) -> dict[str, Any]:
     """70% of the 500-candidate JSON saturation rate for `--soak-seconds`; RSS after warm-up and at
     the end, sampled every 5 s in between."""

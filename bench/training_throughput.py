@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_mtl.cli.train import train_command
 from recsys_mtl.distributed import dense_optimizer
 from recsys_mtl.models import MultiTaskModel, build_model, total_loss
 from recsys_mtl.reader import ParquetReader
@@ -215,32 +216,21 @@ def run_baseline(
 def train_cmd(
     recipe: Path, data: Path, out: Path, nproc: int, threads: int, steps: int, batch_size: int | None
 ) -> list[str]:
-    cmd = [
-        str(BIN),
-        "train",
-        "--recipe",
-        str(recipe),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--nproc",
-        str(nproc),
-        "--threads",
-        str(threads),
-        "--max-steps",
-        str(steps),
-        "--eval-days",
-        "1",
+    return train_command(
+        recipe,
+        data,
+        out,
+        program=[str(BIN)],
+        nproc=nproc,
+        threads=threads,
+        max_steps=steps,
+        eval_days=1,
         # enough passes for --max-steps on small data (each epoch is >= 1 step); the run stops at S
-        "--epochs",
-        str(steps),
-        "--no-progress",
-        "--overwrite",
-    ]
-    if batch_size:
-        cmd += ["--batch-size", str(batch_size)]
-    return cmd
+        epochs=steps,
+        no_progress=True,
+        overwrite=True,
+        batch_size=batch_size or None,
+    )
 
 
 def run_train(cmd: list[str], out: Path) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.atomic_files import write_json_atomic
+from recsys_mtl.cli.train import PYTHON_CLI, train_command
 from recsys_mtl.dataset import DataError, list_partitions
 from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CLI and the scheduler too)
     EXIT_BAD_INPUT,
@@ -415,25 +415,19 @@ def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: str
     if info.get("status") == "finished":
         log.info("training for %s already finished in %s: reusing it", cfg.day, run_dir)
         return 0
-    cmd = [
-        sys.executable, "-m", "recsys_mtl.cli", "train",
-        "--recipe", str(cfg.recipe_path), "--data", str(cfg.data_dir), "--out", str(run_dir),
-        "--start", window[0], "--end", window[-1], "--eval-days", "0",
-        "--nproc", str(cfg.nproc), "--checkpoint-every", str(cfg.recipe.nightly.checkpoint_every),
-    ]  # fmt: skip
-    if info and latest_checkpoint(run_dir) is not None:
+    resume = bool(info) and latest_checkpoint(run_dir) is not None
+    if resume:
         log.info("resuming the interrupted training in %s from its latest checkpoint", run_dir)
-        cmd.append("--resume")
-    else:
-        cmd.append("--overwrite")
-        if warm_start is not None:
-            cmd += ["--warm-start", str(Registry(cfg.registry).version_dir(cfg.name, warm_start))]
-    if cfg.epochs:
-        cmd += ["--epochs", str(cfg.epochs)]
-    if cfg.threads:
-        cmd += ["--threads", str(cfg.threads)]
-    if not cfg.progress:
-        cmd.append("--no-progress")
+    warm_dir = None
+    if not resume and warm_start is not None:
+        warm_dir = Registry(cfg.registry).version_dir(cfg.name, warm_start)
+    cmd = train_command(
+        cfg.recipe_path, cfg.data_dir, run_dir, program=PYTHON_CLI,
+        start=window[0], end=window[-1], eval_days=0,
+        nproc=cfg.nproc, checkpoint_every=cfg.recipe.nightly.checkpoint_every,
+        resume=resume, overwrite=not resume, warm_start=warm_dir,
+        epochs=cfg.epochs or None, threads=cfg.threads or None, no_progress=not cfg.progress,
+    )  # fmt: skip
     return subprocess.call(cmd, stdin=subprocess.DEVNULL, env={**os.environ})
 
 

@@ -1,8 +1,9 @@
 """Shared fixtures: the shipped recipe and small hand-made raw tables that match it.
 
-The raw tables are built here, independently of the synthetic generator, with the awkward values
-real data has (nulls, NaN, inf, empty and over-long lists, unknown strings), so the transform and
-reader tests do not depend on the generator's choices.
+The raw tables come from `recsys_mtl.devtools.fixtures.make_raw_table` (the benchmarks use it
+too), built independently of the synthetic generator with the awkward values real data has (nulls,
+NaN, inf, empty and over-long lists, unknown strings), so the transform and reader tests do not
+depend on the generator's choices.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from recsys_mtl.devtools.fixtures import make_raw_table
 from recsys_mtl.recipe import Recipe, load_recipe
+
+__all__ = ["BIN", "RECIPE_PATH", "ROOT", "cli", "make_raw_table", "write_days"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_PATH = ROOT / "configs" / "ads_ranker.yaml"
@@ -41,44 +45,6 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def recipe() -> Recipe:
     return load_recipe(RECIPE_PATH)
-
-
-def _list_column(rng: np.random.Generator, n: int, max_len: int, vocab: int) -> pa.Array:
-    lengths = rng.integers(0, max_len + 5, n)  # some rows longer than max_len: truncation
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
-    values = pa.array(rng.integers(0, vocab, offsets[-1]), mask=rng.random(offsets[-1]) < 0.02)
-    mask = pa.array(rng.random(n) < 0.05)  # some null lists
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
-
-
-def make_raw_table(recipe: Recipe, n: int, seed: int = 0) -> pa.Table:
-    """Raw rows with every recipe column: features, labels, weights, plus an oracle column."""
-    rng = np.random.default_rng(seed)
-    cols: dict[str, pa.Array] = {}
-    for f in recipe.features:
-        if f.kind == "dense":
-            x = rng.lognormal(0, 1, n)
-            x[rng.random(n) < 0.02] = np.nan
-            x[rng.random(n) < 0.01] = np.inf
-            cols[f.source] = pa.array(x, mask=rng.random(n) < 0.02)
-        elif f.kind == "id" and f.value_type == "string":
-            choices = np.array([*(f.vocabulary or ["ios", "android", "web"]), "never-seen"])
-            cols[f.source] = pa.array(rng.choice(choices, n), mask=rng.random(n) < 0.02)
-        elif f.kind == "id":
-            cols[f.source] = pa.array(rng.integers(0, 10 * f.num_rows, n), mask=rng.random(n) < 0.02)
-        else:
-            assert f.max_len is not None
-            cols[f.source] = _list_column(rng, n, f.max_len, 1000)
-    click = (rng.random(n) < 0.1).astype(np.int8)
-    cols["click"] = pa.array(click)
-    cols["conversion"] = pa.array((click * (rng.random(n) < 0.3)).astype(np.int8))
-    for t in recipe.tasks:
-        if t.kind == "hazard":
-            cols[t.interval_column] = pa.array(rng.integers(0, t.num_intervals, n).astype(np.int16))
-            cols[t.event_column] = pa.array((rng.random(n) < 0.5).astype(np.int8))
-    cols["hazard_weight"] = pa.array(rng.random(n).astype(np.float32))
-    cols["oracle_ctr"] = pa.array(rng.random(n).astype(np.float32))
-    return pa.table(cols)
 
 
 def write_days(root: Path, table: pa.Table, days: list[str], row_group_size: int = 256) -> Path:

@@ -30,9 +30,8 @@ from pipelines.nightly import EXIT_CONFLICT, GatedRun, NightlyConfig, gate_day, 
 from recsys_mtl.recipe import Recipe, load_recipe
 from recsys_mtl.registry import Registry
 from recsys_mtl.synth import SynthConfig, generate
-from serving.process import ServerProcess
 from tests.conftest import BIN, cli
-from tests.serving_support import write_config
+from tests.serving_support import ServerProcess, write_config
 
 pytestmark = pytest.mark.slow
 NAME = "ads_ranker"

@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.cli import main as cli_main
+    from recsys_mtl.cli.train import train_command
     from recsys_mtl.data_summary import format_summary, summarize
     from recsys_mtl.dataset import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
@@ -69,20 +70,9 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "step 3/6: training %s on %d process(es), evaluating on the last day", recipe.model.type, args.nproc
     )
-    train_args = [
-        "train",
-        "--recipe",
-        str(recipe_path),
-        "--data",
-        str(data),
-        "--out",
-        str(run_dir),
-        "--nproc",
-        str(args.nproc),
-        "--overwrite",
-    ]
-    if args.epochs:
-        train_args += ["--epochs", str(args.epochs)]
+    train_args = train_command(
+        recipe_path, data, run_dir, nproc=args.nproc, overwrite=True, epochs=args.epochs or None
+    )
     rc = cli_main(train_args)  # with --nproc > 1 it launches its own ranks
     if rc != 0:
         return rc
@@ -116,8 +106,8 @@ def _serve_sample(out: Path, name: str, serving_config: Path, data: Path, day: s
     import pyarrow.parquet as pq
     import yaml
 
+    from recsys_mtl.devtools.server_process import running_server
     from recsys_mtl.scorer import load_model
-    from serving.process import running_server
 
     table = pq.read_table(next((data / f"dt={day}").glob("*.parquet")))
     model = load_model(out / "registry", name)

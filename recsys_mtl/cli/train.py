@@ -17,11 +17,41 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from recsys_mtl.cli.common import DEFAULT_RECIPE, add_recipe_argument, fail
 
 log = logging.getLogger("recsys_mtl.train")
+
+# `python -m recsys_mtl.cli` of this interpreter: the program of a `train_command` run as a child
+PYTHON_CLI = (sys.executable, "-m", "recsys_mtl.cli")
+
+
+def train_command(
+    recipe: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    program: Sequence[str] = (),
+    **options: str | int | Path | bool | None,
+) -> list[str]:
+    """`recsys-mtl train --recipe RECIPE --data DATA --out OUT` and then `options` in the order
+    given: `eval_days=0` -> `--eval-days 0`, `overwrite=True` -> `--overwrite`; None and False leave
+    an option out. `program` comes first (`PYTHON_CLI`, or the console script); empty, the list is
+    the arguments of `recsys_mtl.cli.main`. An option `train` does not have is a ValueError.
+    The nightly job, the demo and the benchmarks build their training command lines here."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    cmd = [*program, "train", "--recipe", str(recipe), "--data", str(data), "--out", str(out)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if flag not in parser._option_string_actions:
+            raise ValueError(f"recsys-mtl train has no option {flag}")
+        if value is None or value is False:
+            continue
+        cmd += [flag] if value is True else [flag, str(value)]
+    return cmd
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
-"""Run `recsys-mtl serve` as a child process and wait until it is ready (the demo, the nightly
-end-to-end tests and the load benchmark use this; production runs the command directly)."""
+"""Run `recsys-mtl serve` as a child process on a free loopback port and wait until it is ready
+(the demo, the serving and nightly end-to-end tests and the serving benchmarks use this;
+production runs the command directly)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Any, TypeVar
 import httpx
 
 from recsys_mtl.distributed import free_port
+
+__all__ = ["ServerProcess", "free_port", "running_server", "serve"]
 
 T = TypeVar("T")
 
@@ -97,3 +100,10 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def serve(registry: Path, config: Path, log_path: Path, token: str = "test-token") -> Iterator[ServerProcess]:
+    """A real `recsys-mtl serve` process on a free loopback port, ready, stopped on exit."""
+    with running_server(registry, config, log_path, env={"RECSYS_MTL_ADMIN_TOKEN": token}) as server:
+        yield server
