@@ -8,6 +8,7 @@ expected, so a user never meets a KeyError deep inside training.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -580,6 +581,24 @@ class Recipe(_Strict):
 
 def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join([f"invalid recipe {source}:", *(f"  {line}" for line in field_errors(err))])
+
+
+def keep_tasks(data: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+    """A recipe dict (`Recipe.to_dict()` or parsed YAML) narrowed to the tasks `names`, in place:
+    the other tasks go, and so do the nightly gate's per-task entries that name them (a recipe
+    naming a task it lacks is refused, so a narrowed copy must drop them too)."""
+    keep = set(names)
+    data["tasks"] = [t for t in data.get("tasks", []) if t.get("name") in keep]
+    gate = (data.get("nightly") or {}).get("gate") or {}
+    for key in ("tolerances", "floors"):
+        if isinstance(gate.get(key), dict):
+            gate[key] = {t: v for t, v in gate[key].items() if t in keep}
+    for key in ("tasks", "report_only"):
+        if isinstance(gate.get(key), list):
+            gate[key] = [t for t in gate[key] if t in keep]
+    if gate.get("tasks") == []:
+        gate["tasks"] = None  # it named only tasks that are gone: judge every task that is left
+    return data
 
 
 def recipe_from_dict(data: Any, source: str = "<dict>") -> Recipe:

@@ -10,6 +10,7 @@ clearly worse model is rejected with a sentence that says why, report-only tasks
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pipelines.gate import GateError, gate_table_lines, quality_gate
 from recsys_mtl.evaluation import Predictions
 from recsys_mtl.metric_intervals import auc_interval, c_index_interval, weighted_auc, weighted_c_index
 from recsys_mtl.metrics import auc, c_index
-from recsys_mtl.recipe import Recipe, RecipeError, load_recipe
+from recsys_mtl.recipe import Recipe, RecipeError, keep_tasks, load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 Z90 = 1.6448536269514722  # the standard normal's 95th percentile
@@ -316,3 +317,16 @@ def test_the_recipe_names_only_its_own_tasks_in_the_gate(shipped: Recipe, tmp_pa
     path.write_text(yaml.safe_dump(d))
     with pytest.raises(RecipeError, match=rf"nightly.gate.{field} names unknown task\(s\) \['clicks'\]"):
         load_recipe(path)
+
+
+def test_a_recipe_narrowed_to_fewer_tasks_drops_their_gate_settings(shipped: Recipe) -> None:
+    """Copies of a recipe with fewer tasks (single-task baselines, a user trimming the shipped
+    recipe through `keep_tasks`) must not keep gate entries for tasks that are gone."""
+    d = shipped.to_dict()
+    d["nightly"]["gate"].update(report_only=["hazard_long"], tasks=["hazard_long"])
+    with pytest.raises(RecipeError, match=r"nightly\.gate\.tasks names unknown task"):
+        recipe_from_dict(copy.deepcopy(d) | {"tasks": [t for t in d["tasks"] if t["name"] == "ctr"]})
+    narrowed = recipe_from_dict(keep_tasks(d, ["ctr"]))
+    gate = narrowed.nightly.gate
+    assert [t.name for t in narrowed.tasks] == ["ctr"]
+    assert (gate.floors, gate.report_only, gate.tasks) == ({}, [], None)

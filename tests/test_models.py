@@ -21,7 +21,7 @@ from recsys_mtl.models.experts import Expert, FeatureGate
 from recsys_mtl.models.gates import Gate, SelfGate
 from recsys_mtl.models.losses import hazard_nll, weighted_bce_with_logits
 from recsys_mtl.models.model import MultiTaskModel
-from recsys_mtl.recipe import Recipe, RecipeError, recipe_from_dict
+from recsys_mtl.recipe import Recipe, RecipeError, keep_tasks, recipe_from_dict
 from recsys_mtl.targets import Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 from tests.conftest import make_raw_table
@@ -84,7 +84,7 @@ def small_recipe(
                 t.pop("reads_backbone", None)
                 t.pop("tower_features", None)
     if tasks is not None:
-        d["tasks"] = [t for t in d["tasks"] if t["name"] in tasks]
+        keep_tasks(d, tasks)
     d["model"] = model
     return recipe_from_dict(d)
 

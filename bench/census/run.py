@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.census` importable
 from bench.census.convert import DAYS, DEFAULT_SRC, LABELS, convert  # noqa: E402
 from recsys_mtl.cli import quiet_third_party  # noqa: E402
 from recsys_mtl.evaluation import evaluate  # noqa: E402
-from recsys_mtl.recipe import Recipe, recipe_from_dict  # noqa: E402
+from recsys_mtl.recipe import Recipe, keep_tasks, recipe_from_dict  # noqa: E402
 from recsys_mtl.run import load_run  # noqa: E402
 from recsys_mtl.trainer import TrainConfig, train  # noqa: E402
 
@@ -97,7 +97,7 @@ def variant(
     d["training"]["seed"] = seed
     if task is not None:
         d["name"] = f"{d['name']}_{task}"
-        d["tasks"] = [t for t in d["tasks"] if t["name"] == task]
+        keep_tasks(d, [task])
     for path, value in overrides:
         node = d
         for k in path[:-1]:
