@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from sklearn.linear_model import LogisticRegression
 
-from recsys_mtl.dataset import list_partitions
 from recsys_mtl.evaluation import oracle_lift
 from recsys_mtl.metrics import c_index
+from recsys_mtl.partitions import list_partitions
 from recsys_mtl.recipe import TaskSpec, load_recipe
 from recsys_mtl.targets import censor_at_cutoff
 

@@ -41,7 +41,6 @@ from typing import Any
 
 from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.cli.train import PYTHON_CLI, train_command
-from recsys_mtl.dataset import DataError, list_partitions
 from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CLI and the scheduler too)
     EXIT_BAD_INPUT,
     EXIT_CONFLICT,
@@ -50,6 +49,7 @@ from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CL
     EXIT_GATE,
     EXIT_OK,
 )
+from recsys_mtl.partitions import DataError, list_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, latest_checkpoint, read_run_info

@@ -2,7 +2,7 @@
 
 Checks, in order (the first failing family stops the run with its reason):
 1. schema: every file's footer against the recipe (columns present, types right, labels not all
-   null), via `recsys_mtl.dataset.inspect_partitions`, which names the file and the column;
+   null), via `recsys_mtl.partitions.inspect_partitions`, which names the file and the column;
 2. row count within [min_rows, max_rows];
 3. null rates of the feature columns, from the Parquet footers' statistics (a column is read only
    when a file lacks them) against `max_null_rate` (scalar features) / `null_rates` (any column;
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys_mtl.dataset import DataError, ParquetFileInfo, inspect_partitions, list_partitions
+from recsys_mtl.partitions import DataError, ParquetFileInfo, inspect_partitions, list_partitions
 from recsys_mtl.recipe import Recipe
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys_mtl.dataset import inspect_partitions
 from recsys_mtl.metrics import auc, c_index
+from recsys_mtl.partitions import inspect_partitions
 from recsys_mtl.reader import column_to_numpy
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.targets import targets_from_table

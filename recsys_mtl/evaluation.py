@@ -58,7 +58,6 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys_mtl.dataset import DataError, inspect_partitions
 from recsys_mtl.metrics import (
     auc,
     c_index,
@@ -70,6 +69,7 @@ from recsys_mtl.metrics import (
     logloss,
     survival_from_hazard,
 )
+from recsys_mtl.partitions import DataError, inspect_partitions
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe, TaskSpec
 from recsys_mtl.transform import FeatureTransform

@@ -1,7 +1,7 @@
 """The Parquet reader: day partitions -> batches of (KJT, dense, targets) for training and evaluation.
 
 - Which data: the days in [start, end] under `DATA/dt=YYYY-MM-DD/`, every file checked against the
-  recipe before the first batch (`recsys_mtl.dataset`).
+  recipe before the first batch (`recsys_mtl.partitions`).
 - Which rows for this process: the work unit is a Parquet row group (cut into row ranges when the
   data has few row groups that do not divide evenly over the ranks); rank r of w takes units
   r, r + w, r + 2w, ... of the sorted list, so ranks read disjoint rows without coordination.
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_mtl.dataset import DataError, ParquetFileInfo, inspect_partitions
+from recsys_mtl.partitions import DataError, ParquetFileInfo, inspect_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.targets import DAY_COLUMN, Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform

@@ -51,7 +51,6 @@ from recsys_mtl.checkpoint import (
     load_training_checkpoint,
     registry_weights,
 )
-from recsys_mtl.dataset import DataError, inspect_partitions, list_partitions
 from recsys_mtl.distributed import (
     DistContext,
     dense_optimizer,
@@ -62,6 +61,7 @@ from recsys_mtl.distributed import (
     shutdown,
 )
 from recsys_mtl.models import build_model
+from recsys_mtl.partitions import DataError, inspect_partitions, list_partitions
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, read_run_info, write_json_atomic

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from recsys_mtl.dataset import inspect_partitions
+from recsys_mtl.partitions import inspect_partitions
 from recsys_mtl.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

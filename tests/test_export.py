@@ -298,7 +298,7 @@ for v in ("current", "2"):
     s = m.score(pq.read_table({str(day)!r}).slice(0, 50))
     print(json.dumps({{"version": m.version, "ctr": s["ctr"].tolist()}}))
 training = ("recsys_mtl.models", "recsys_mtl.trainer", "recsys_mtl.run", "recsys_mtl.export",
-            "recsys_mtl.reader", "recsys_mtl.dataset", "recsys_mtl.evaluation")
+            "recsys_mtl.reader", "recsys_mtl.partitions", "recsys_mtl.evaluation")
 print(json.dumps(sorted(k for k in sys.modules if k.startswith(training))))
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys_mtl.dataset import DataError
+from recsys_mtl.partitions import DataError
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.cli import main as cli_main
     from recsys_mtl.cli.train import train_command
     from recsys_mtl.data_summary import format_summary, summarize
-    from recsys_mtl.dataset import DataError
+    from recsys_mtl.partitions import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
     from recsys_mtl.run import METRICS_FILE, read_run_info
     from recsys_mtl.synth import SynthConfig, generate

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.data_summary import format_summary, summarize
-    from recsys_mtl.dataset import DataError
+    from recsys_mtl.partitions import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
 
     try:

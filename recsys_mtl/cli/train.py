@@ -123,7 +123,7 @@ def _launch(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         return fail(ValueError("--nproc must be >= 1"))
-    from recsys_mtl.dataset import DataError
+    from recsys_mtl.partitions import DataError
     from recsys_mtl.recipe import RecipeError, load_recipe
     from recsys_mtl.run import RunError
     from recsys_mtl.trainer import TrainConfig, train
