@@ -89,10 +89,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from recsys_mtl.devtools.fixtures import NAME, make_raw_table, write_config  # noqa: E402
 from recsys_mtl.devtools.server_process import ServerProcess, serve  # noqa: E402
 from recsys_mtl.export import export_model  # noqa: E402
+from recsys_mtl.loader import LoadedModel, load_model  # noqa: E402
 from recsys_mtl.models import build_model, total_loss  # noqa: E402
 from recsys_mtl.recipe import FeatureSpec, Recipe, load_recipe  # noqa: E402
 from recsys_mtl.registry import Registry  # noqa: E402
-from recsys_mtl.scorer import LoadedModel, load_model  # noqa: E402
 from recsys_mtl.targets import targets_from_table  # noqa: E402
 from recsys_mtl.transform import FeatureTransform  # noqa: E402
 from serving.config import Runtime  # noqa: E402

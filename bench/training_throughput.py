@@ -14,7 +14,7 @@ and scoring, for the shipped recipe (configs/ads_ranker.yaml, HoME), in one run 
      loss, 2 threads and steps, in this process. Timed like the trainer (every step, reading
      included) and in steady state (after --warmup steps). Goal: ours >= 1.5x the baseline.
   4. export of the 1-process run (`recsys_mtl.export.export_run`, fp32 and int8): time and model.pt
-     size; then scoring (`recsys_mtl.scorer.load_model(...).score(columns)`) of requests of
+     size; then scoring (`recsys_mtl.loader.load_model(...).score(columns)`) of requests of
      --candidates held-out raw rows: median of --requests after warm-up, torch threads 1, one core.
 
 Run it on an otherwise idle machine: with --threads 2 and another process busy on one of the cores,
@@ -297,7 +297,7 @@ def export_and_score(
     run_dir: Path, data: Path, registry: Path, *, candidates: int, requests: int, warm: int
 ) -> dict[str, Any]:
     from recsys_mtl.export import export_run
-    from recsys_mtl.scorer import load_model
+    from recsys_mtl.loader import load_model
 
     out: dict[str, Any] = {}
     for kind in ("fp32", "int8"):

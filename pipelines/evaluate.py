@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
+from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.registry import MANIFEST_FILE, Registry
 from recsys_mtl.run import load_run
-from recsys_mtl.scorer import load_model
 
 
 @dataclass

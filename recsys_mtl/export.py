@@ -53,16 +53,16 @@ from typing import Any
 
 import torch
 
-from recsys_mtl.models.model import MultiTaskModel
-from recsys_mtl.recipe import Recipe
-from recsys_mtl.registry import UNSET, Expect, Registry
-from recsys_mtl.scorer import (
+from recsys_mtl.loader import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
     TorchScriptArtifact,
     sha256_bytes,
     synthetic_columns,
 )
+from recsys_mtl.models.model import MultiTaskModel
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.registry import UNSET, Expect, Registry
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 
 log = logging.getLogger("recsys_mtl.export")
@@ -117,7 +117,7 @@ def script_model(model: MultiTaskModel, int8: bool = False) -> torch.jit.ScriptM
 
     m = copy.deepcopy(model).eval()
     with warnings.catch_warnings():
-        # TorchScript is deprecated upstream; it is the product's format (recsys_mtl/scorer.py). TorchRec's
+        # TorchScript is deprecated upstream; it is the product's format (recsys_mtl/loader.py). TorchRec's
         # quantization still goes through torch.ao.quantization, which warns about its own future.
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.ao\.quantization")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recsys_mtl.scorer import LoadedModel, TaskInfo
+from recsys_mtl.loader import LoadedModel, TaskInfo
 from recsys_mtl.transform import FeatureBatch, TransformError
 from serving.request import RequestError, ScoreRequest
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from recsys_mtl.loader import LoadedModel, ModelLoadError, load_model
 from recsys_mtl.registry import Registry, RegistryError
-from recsys_mtl.scorer import LoadedModel, ModelLoadError, load_model
 from serving.config import ModelRef
 
 log = logging.getLogger("serving.pool")

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys_mtl.ids import IdError, canonical_scalar, int_from_canonical
-from recsys_mtl.scorer import LoadedModel
+from recsys_mtl.loader import LoadedModel
 from serving.arrow_ipc import ACCEPTED_TYPES, StreamError, read_stream, type_ok
 from serving.config import Runtime
 

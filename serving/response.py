@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from recsys_mtl.scorer import LoadedModel, TaskInfo
+from recsys_mtl.loader import LoadedModel, TaskInfo
 from serving.request import ARROW_STREAM, JSON
 
 

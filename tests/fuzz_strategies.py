@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from recsys_mtl.scorer import LoadedModel
+from recsys_mtl.loader import LoadedModel
 from serving.request import ARROW_STREAM, JSON, encode_arrow_request
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Export and the registry end to end: one small MMoE run trained through the real CLI, exported
-through the real CLI (fp32 promoted, then int8), loaded by the scorer and compared with the eager
+through the real CLI (fp32 promoted, then int8), loaded by the loader and compared with the eager
 model; plus the registry's atomicity, versioning and promotion, tamper detection, and HoME/DTRN
 exports. About a minute in all."""
 
@@ -30,6 +30,7 @@ import yaml
 
 from recsys_mtl.checkpoint import LATEST, checkpoints_dir, latest_checkpoint, registry_weights
 from recsys_mtl.export import MODEL_FILE, WEIGHTS_FILE, export_model, export_run
+from recsys_mtl.loader import LoadedModel, ModelLoadError, load_model
 from recsys_mtl.metrics import auc
 from recsys_mtl.models import build_model, total_loss
 from recsys_mtl.recipe import Recipe, recipe_from_dict
@@ -42,7 +43,6 @@ from recsys_mtl.registry import (
     RegistryError,
 )
 from recsys_mtl.run import LoadedRun, RunError, load_run
-from recsys_mtl.scorer import LoadedModel, ModelLoadError, load_model
 from recsys_mtl.synth import SynthConfig, generate
 from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform, TransformError
@@ -291,7 +291,7 @@ def test_a_fresh_process_loads_without_training_code(exported: Exported) -> None
     code = f"""
 import json, sys
 import pyarrow.parquet as pq
-from recsys_mtl.scorer import load_model
+from recsys_mtl.loader import load_model
 for v in ("current", "2"):
     m = load_model({str(exported.registry)!r}, {NAME!r}, v)
     m.validate()

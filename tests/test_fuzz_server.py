@@ -51,8 +51,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.scorer import load_model
 from serving.request import ARROW_STREAM, JSON
 from tests import fuzz_strategies as fs
 from tests.serving_support import NAME, Server, publish, serve, small_recipe, write_config

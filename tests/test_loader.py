@@ -1,4 +1,4 @@
-"""The model loader (recsys_mtl.scorer) on its own: `load_model` against a real registry that holds
+"""The model loader (recsys_mtl.loader) on its own: `load_model` against a real registry that holds
 small exported models, the `LoadedModel` it returns (tasks, inputs, golden validation, the score
 keys and shapes the module documents), and every refusal it documents: a checksum or size
 mismatch, a missing or unloadable artifact, a bad or foreign manifest, an unknown version, an int8
@@ -24,9 +24,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recsys_mtl.recipe import Recipe
-from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, Registry, RegistryError
-from recsys_mtl.scorer import (
+from recsys_mtl.loader import (
     ARTIFACT_LOADERS,
     MANIFEST_KIND,
     LoadedModel,
@@ -35,6 +33,8 @@ from recsys_mtl.scorer import (
     load_model,
     synthetic_columns,
 )
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.registry import CURRENT_FILE, MANIFEST_FILE, Registry, RegistryError
 from recsys_mtl.transform import TransformError
 from tests.conftest import make_raw_table
 from tests.serving_support import NAME, publish, small_recipe
@@ -192,7 +192,7 @@ def test_an_other_torch_version_is_a_warning_not_a_refusal(
     copy: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     edit_manifest(copy, "1", lambda m: m["versions"].update(torch="1.0.0"))
-    with caplog.at_level(logging.WARNING, logger="recsys_mtl.scorer"):
+    with caplog.at_level(logging.WARNING, logger="recsys_mtl.loader"):
         m = load_model(copy, NAME, "1")
     assert f"was exported with torch 1.0.0; this process runs torch {torch.__version__}" in caplog.text
     m.validate()

@@ -26,7 +26,7 @@ from recsys_mtl.targets import Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 from tests.conftest import make_raw_table
 
-# torch.jit.script is deprecated upstream but is the product's export format (recsys_mtl/scorer.py)
+# torch.jit.script is deprecated upstream but is the product's export format (recsys_mtl/loader.py)
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
     pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning"),

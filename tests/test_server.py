@@ -23,9 +23,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from recsys_mtl.loader import LoadedModel, load_model
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import Registry
-from recsys_mtl.scorer import LoadedModel, load_model
 from serving.request import ARROW_STREAM, encode_arrow_request
 from tests.conftest import make_raw_table
 from tests.serving_support import (

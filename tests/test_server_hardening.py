@@ -30,8 +30,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from recsys_mtl.loader import LoadedModel, load_model
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.scorer import LoadedModel, load_model
 from serving.request import ARROW_STREAM
 from serving.schemas import SCORE_EXAMPLE
 from tests.conftest import make_raw_table

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 import torch
 
+from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.scorer import load_model
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 from serving.assignment import assign, unit_point
 from serving.config import ConfigError, Runtime, load_config, parse_config

@@ -107,7 +107,7 @@ def _serve_sample(out: Path, name: str, serving_config: Path, data: Path, day: s
     import yaml
 
     from recsys_mtl.devtools.server_process import running_server
-    from recsys_mtl.scorer import load_model
+    from recsys_mtl.loader import load_model
 
     table = pq.read_table(next((data / f"dt={day}").glob("*.parquet")))
     model = load_model(out / "registry", name)

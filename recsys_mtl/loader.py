@@ -1,6 +1,6 @@
 """Load an exported model from the registry and score raw rows with it: what the server runs.
 
-    from recsys_mtl.scorer import load_model
+    from recsys_mtl.loader import load_model
     m = load_model("registry", "ads_ranker")          # version="current" (or "latest", or "3")
     m.validate()                                      # golden rows reproduce; outputs finite
     scores = m.score({"user_id": [...], "creative_id": [...], ...})   # or a pyarrow Table/RecordBatch
@@ -47,7 +47,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys_mtl.registry import Registry, RegistryError
 from recsys_mtl.transform import Columns, FeatureBatch, FeatureTransform
 
-log = logging.getLogger("recsys_mtl.scorer")
+log = logging.getLogger("recsys_mtl.loader")
 
 MANIFEST_KIND = "recsys-mtl-model"
 MANIFEST_VERSION = 1
