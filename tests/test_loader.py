@@ -5,8 +5,8 @@ mismatch, a missing or unloadable artifact, a bad or foreign manifest, an unknow
 build that is not there, golden scores this host does not reproduce.
 
 Two models are exported once for the module (about 2 s); each test that breaks something breaks a
-copy. The server's use of the loader is tests/test_serving.py's and tests/test_server*.py's; the
-exporter's side is tests/test_export.py's.
+copy. The server's use of the loader is tests/test_serving_components.py's and
+tests/test_server_*.py's; the exporter's side is tests/test_export.py's.
 """
 
 from __future__ import annotations
