@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys_mtl.cli.train import train_command
+from recsys_mtl.recipe import keep_tasks
 from recsys_mtl.run import read_run_info
 from recsys_mtl.synth import SCHEMA, SynthConfig, generate
 
@@ -118,7 +119,7 @@ def recipe_variant(
         # the classic single-task model reads its own shared-bottom network (ids included): a
         # task the recipe keeps off the backbone keeps only its tower_features as a side input
         task.pop("reads_backbone", None)
-        d["tasks"] = [task]
+        keep_tasks(d, [single_task])  # its gate settings for the other tasks go with them
     if table_wise:
         d["training"]["sharding_types"] = ["table_wise"]
     if args.drop_features:
