@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import yaml  # noqa: E402
-from serving_load import ROOT, Request, make_requests, publish_full_model, rss_mb, uptime  # noqa: E402
+from serving_load import ROOT, uptime  # noqa: E402
+from serving_load_scenarios import Request, make_requests, publish_full_model, rss_mb  # noqa: E402
 
 from recsys_mtl.devtools.fixtures import ipc_stream  # noqa: E402
 from recsys_mtl.devtools.server_process import serve  # noqa: E402
