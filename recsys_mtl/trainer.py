@@ -93,6 +93,7 @@ class TrainConfig:
     progress: bool = True
     evaluate: bool = True
     log_every: int = 20
+    log_seconds: float = 10.0  # a loss / throughput line in the log this often, bar or no bar
 
 
 @dataclass
@@ -348,6 +349,7 @@ def _training_loop(run: _Run, cfg: TrainConfig, ctx: DistContext) -> TrainingLoo
         total_steps=run.total_steps,
         checkpoint_every=cfg.checkpoint_every or run.recipe.training.checkpoint_every,
         log_every=cfg.log_every,
+        log_seconds=cfg.log_seconds,
         progress_bar=cfg.progress,
         step=step,
         curve=curve,

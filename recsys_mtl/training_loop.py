@@ -169,6 +169,7 @@ class TrainingLoop:
         log_every: int,
         progress_bar: bool,
         step: int = 0,
+        log_seconds: float = 10.0,
         curve: list[dict[str, float]] | None = None,
         elapsed: float = 0.0,
     ) -> None:
@@ -183,6 +184,8 @@ class TrainingLoop:
         self.every = checkpoint_every
         self.log_every = log_every
         self.progress_bar = progress_bar
+        self.log_seconds = log_seconds
+        self._last_log = time.perf_counter()
         self.step = step
         self.first_step = step
         self.curve: list[dict[str, float]] = curve if curve is not None else []
@@ -249,6 +252,7 @@ class TrainingLoop:
                         break
                     self._train_step(batch)
                     self._record_loss(bar)
+                    self._log_progress()
                     bar.update(1)
                     self._after_step(bar)
             if self.early is not None:
@@ -286,6 +290,21 @@ class TrainingLoop:
             rate = (self.step - self.first_step) * self.bs * self.ctx.world_size / self.train_seconds()
             self._postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
             bar.set_postfix(self._postfix, refresh=False)  # the bar redraws at its own pace
+
+    def _log_progress(self) -> None:
+        """Every `log_seconds` (and at the last step) a log line with the loss and the throughput,
+        whether or not a progress bar is drawn: a log file or `--no-progress` still shows them."""
+        now = time.perf_counter()
+        last = self.step == self.total_steps
+        if not self.ctx.is_main or not self.curve or (now - self._last_log < self.log_seconds and not last):
+            return
+        self._last_log = now
+        rate = (self.step - self.first_step) * self.bs * self.ctx.world_size / max(self.train_seconds(), 1e-9)
+        log.info(
+            "step %d/%d (%.0f%%): loss %.4f, %s samples/s",
+            self.step, self.total_steps, 100.0 * self.step / max(self.total_steps, 1),
+            self.curve[-1]["loss"], f"{rate:,.0f}",
+        )  # fmt: skip
 
     def _after_step(self, bar: tqdm) -> None:
         """A periodic checkpoint, and at the end of each epoch the early-stopping validation."""

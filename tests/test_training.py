@@ -306,3 +306,24 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_warm_starts(tmp_path: Path, 
         "256",
     )
     assert warm2["loss_curve"][0]["loss"] < 0.95 * cold["loss_curve"][0]["loss"]  # measured 0.87
+
+
+def test_without_a_progress_bar_the_log_still_shows_loss_and_throughput(tmp_path: Path, data: Path) -> None:
+    """`--no-progress` (or a log file) used to print no loss at all: the last step always logs
+    one line with the loss and samples/s, and a line every 10 s before it."""
+    run = tmp_path / "run"
+    r = cli("train", "--recipe", str(small_recipe(tmp_path, MMOE)), "--data", str(data), "--out", str(run),
+            "--no-progress", "--max-steps", "6", "--eval-days", "0", timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if "step 6/6 (100%): loss " in line]
+    assert len(lines) == 1 and "samples/s" in lines[0], r.stderr[-3000:]
+    loss = float(lines[0].split("loss ")[1].split(",")[0])
+    assert loss == pytest.approx(
+        json.loads((run / "run.json").read_text())["loss_curve"][-1]["loss"], abs=1e-4
+    )
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_help_names_the_run_directory_as_it_is_on_disk(command: str) -> None:
+    r = cli(command, "--help")
+    assert r.returncode == 0 and "checkpoints/" in r.stdout and "checkpoint/)" not in r.stdout

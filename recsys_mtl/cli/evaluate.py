@@ -23,7 +23,7 @@ from recsys_mtl.cli.common import fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="training run directory (holds run.json and checkpoint/)")
+    p.add_argument("--run", required=True, help="training run directory (holds run.json and checkpoints/)")
     p.add_argument("--data", required=True, help="data directory holding dt=YYYY-MM-DD/ partitions")
     p.add_argument("--start", help="first day (YYYY-MM-DD, inclusive); default: the first partition")
     p.add_argument("--end", help="last day (YYYY-MM-DD, inclusive); default: the last partition")

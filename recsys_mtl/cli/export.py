@@ -27,7 +27,7 @@ from recsys_mtl.exit_codes import EXIT_ERROR
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, type=Path, help="training run directory (run.json, checkpoint/)")
+    p.add_argument("--run", required=True, type=Path, help="training run directory (run.json, checkpoints/)")
     p.add_argument(
         "--registry", required=True, type=Path, help="registry root directory (created if missing)"
     )
