@@ -52,10 +52,9 @@ sys.path.insert(0, str(HERE))
 
 from models import ensure_data  # noqa: E402  (bench/models.py: generated data, cached by config)
 
-from pipelines.gate import judge_task, quality_gate  # noqa: E402
+from pipelines.gate import judge_task, quality_gate, task_metric  # noqa: E402
 from recsys_mtl.cli.train import PYTHON_CLI, train_command  # noqa: E402
-from recsys_mtl.evaluation import Predictions, evaluation_reader, per_creative, predict  # noqa: E402
-from recsys_mtl.metrics import auc, c_index, survival_from_hazard  # noqa: E402
+from recsys_mtl.evaluation import Predictions, evaluation_reader, predict  # noqa: E402
 from recsys_mtl.recipe import Recipe, load_recipe  # noqa: E402
 from recsys_mtl.run import load_run  # noqa: E402
 from recsys_mtl.synth import SynthConfig  # noqa: E402
@@ -178,23 +177,13 @@ def degrade(p: Predictions, task: str, scale: float, seed: int) -> Predictions:
     return p.replace_scores({task: (1.0 / (1.0 + np.exp(-z))).astype(np.float32)})
 
 
-def metric_value(recipe: Recipe, p: Predictions, task: str) -> float:
-    """The task's gate metric on all its evaluation rows: AUC, or the C-index per survival subject of
-    the risk 1 - S(horizon), exactly as `pipelines.gate` computes them (without an interval)."""
-    if recipe.task(task).kind == "binary":
-        m = p.eval_mask[task]
-        return auc(p.scores[task][m], p.labels[task][m])
-    table = per_creative(task, p)
-    return c_index(table.interval, table.event, 1.0 - survival_from_hazard(table.hazard)[:, -1])
-
-
 def calibrate_noise(recipe: Recipe, calib: list[Predictions], task: str, drop: float) -> float:
     """The noise scale whose mean metric drop over the nights `calib` is `drop` (bisection; the
     calibration draws use other seeds than the judged ones)."""
-    base = np.mean([metric_value(recipe, p, task) for p in calib])
+    base = np.mean([task_metric(recipe.task(task), p) for p in calib])
 
     def mean_drop(noise: float) -> float:
-        return base - np.mean([metric_value(recipe, degrade(p, task, noise, NOISE_SEED + i), task)
+        return base - np.mean([task_metric(recipe.task(task), degrade(p, task, noise, NOISE_SEED + i))
                                for i, p in enumerate(calib)])  # fmt: skip
 
     lo, hi = 0.0, 0.5
@@ -272,7 +261,7 @@ def analyse(args: argparse.Namespace, recipe: Recipe, nights: list[tuple[Path, P
             for drop in DROPS:
                 worse = degrade(new, task, noise[(task, drop)], NOISE_SEED + 1000 + i)
                 realised[f"{task}/{drop}"].append(
-                    metric_value(recipe, new, task) - metric_value(recipe, worse, task)
+                    task_metric(recipe.task(task), new) - task_metric(recipe.task(task), worse)
                 )
                 for rule, r in rules.items():
                     row = judge_task(recipe.task(task), worse, serving, r.nightly.gate, "serving")

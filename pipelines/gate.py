@@ -31,7 +31,7 @@ import numpy as np
 
 from recsys_mtl.evaluation import Predictions, per_creative
 from recsys_mtl.metric_intervals import MetricInterval, auc_interval, c_index_interval
-from recsys_mtl.metrics import auc, c_index, survival_from_hazard
+from recsys_mtl.metrics import risk_at_horizon
 from recsys_mtl.recipe import GateSpec, Recipe, TaskSpec
 
 
@@ -63,19 +63,19 @@ def _common_rows(task: str, new: Predictions, serving: Predictions | None) -> np
 
 
 def _binary_interval(
-    task: str, new: Predictions, serving: Predictions | None, spec: GateSpec
-) -> tuple[MetricInterval, list[float], str]:
+    task: str, new: Predictions, serving: Predictions | None, **bootstrap: Any
+) -> tuple[MetricInterval, str]:
     m = _common_rows(task, new, serving)
-    y = new.labels[task][m]
     scores = [new.scores[task][m]] + ([serving.scores[task][m]] if serving is not None else [])
     users = new.users[m] if new.users is not None else None
-    iv = auc_interval(scores, y, users, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed)
-    return iv, [auc(s, y) for s in scores], "users" if users is not None else "rows"
+    return auc_interval(
+        scores, new.labels[task][m], users, **bootstrap
+    ), "users" if users is not None else "rows"
 
 
 def _hazard_interval(
-    task: TaskSpec, new: Predictions, serving: Predictions | None, spec: GateSpec
-) -> tuple[MetricInterval, list[float], str]:
+    task: TaskSpec, new: Predictions, serving: Predictions | None, **bootstrap: Any
+) -> tuple[MetricInterval, str]:
     """Per survival subject (the new model's grouping for both models, so the subjects pair up):
     risk = 1 - S(horizon) of the subject's mean hazards, as `recsys_mtl.evaluation` scores it."""
     m = _common_rows(task.name, new, serving)
@@ -90,18 +90,24 @@ def _hazard_interval(
             subjects=new.subjects,
         )
         table = per_creative(task.name, rows)
-        surv = survival_from_hazard(table.hazard)
-        risks.append(1.0 - surv[:, -1] if len(surv) else np.zeros(0))
+        risks.append(risk_at_horizon(table.hazard))
     assert table is not None
-    iv = c_index_interval(
-        risks,
-        table.interval,
-        table.event,
-        confidence=spec.confidence,
-        resamples=spec.resamples,
-        seed=spec.seed,
-    )
-    return iv, [c_index(table.interval, table.event, r) for r in risks], "subjects"
+    return c_index_interval(risks, table.interval, table.event, **bootstrap), "subjects"
+
+
+def _interval(
+    task: TaskSpec, new: Predictions, serving: Predictions | None, **bootstrap: Any
+) -> tuple[MetricInterval, str]:
+    """The task's metric interval (of new - serving when `serving` is given) and the unit resampled."""
+    if task.kind == "binary":
+        return _binary_interval(task.name, new, serving, **bootstrap)
+    return _hazard_interval(task, new, serving, **bootstrap)
+
+
+def task_metric(task: TaskSpec, preds: Predictions) -> float:
+    """The task's gate metric on its evaluation rows, without an interval: AUC, or the C-index of
+    the per-subject risk (NaN where undefined)."""
+    return _interval(task, preds, None, confidence=0.9, resamples=0, seed=0)[0].estimate
 
 
 def judge_task(
@@ -114,17 +120,16 @@ def judge_task(
     """One row of the gate table: the metric, its interval, the rule, the verdict and why."""
     paired = serving is not None and task.name in serving.scores
     other = serving if paired else None
-    if task.kind == "binary":
-        iv, values, unit = _binary_interval(task.name, new, other, spec)
-    else:
-        iv, values, unit = _hazard_interval(task, new, other, spec)
+    iv, unit = _interval(
+        task, new, other, confidence=spec.confidence, resamples=spec.resamples, seed=spec.seed
+    )
     metric = "auc" if task.kind == "binary" else "c_index"
     gating = task.name not in spec.report_only
     row: dict[str, Any] = {
         "task": task.name,
         "metric": metric,
-        "new": _finite(values[0]),
-        "serving": _finite(values[1]) if paired else None,
+        "new": _finite(iv.values[0]),
+        "serving": _finite(iv.values[1]) if paired else None,
         "compared_with": "serving" if paired else "floor",
         "estimate": _finite(iv.estimate),
         "low": _finite(iv.low),

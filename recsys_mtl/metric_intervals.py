@@ -44,6 +44,7 @@ class MetricInterval:
     """A statistic (or a difference new - serving), its percentile interval and what it rests on."""
 
     estimate: float
+    values: tuple[float, ...]  # each model's statistic on the data as is (new[, serving])
     low: float
     high: float
     confidence: float  # two-sided level of [low, high]
@@ -175,21 +176,24 @@ def bootstrap_interval(
     def statistic(w: np.ndarray) -> np.ndarray:
         return stats[0](w) - stats[1](w) if len(stats) == 2 else stats[0](w)
 
-    estimate = float(statistic(np.ones((1, num_clusters)))[0])
+    ones = np.ones((1, num_clusters))
+    values = tuple(float(s(ones)[0]) for s in stats)
+    estimate = values[0] - values[1] if len(values) == 2 else values[0]
     draws = [statistic(w) for w in poisson_weights(num_clusters, rows, resamples, seed)]
-    values = np.concatenate(draws) if draws else np.zeros(0)
-    values = values[np.isfinite(values)]
+    resampled = np.concatenate(draws) if draws else np.zeros(0)
+    resampled = resampled[np.isfinite(resampled)]
     alpha = (1.0 - confidence) / 2.0
-    if len(values) < max(1, resamples // 2) or not np.isfinite(estimate):
+    if len(resampled) < max(1, resamples // 2) or not np.isfinite(estimate):
         low = high = float("nan")
     else:
-        low, high = (float(q) for q in np.quantile(values, [alpha, 1.0 - alpha]))
+        low, high = (float(q) for q in np.quantile(resampled, [alpha, 1.0 - alpha]))
     return MetricInterval(
         estimate=estimate,
+        values=values,
         low=low,
         high=high,
         confidence=confidence,
-        resamples=len(values),
+        resamples=len(resampled),
         clusters=num_clusters,
         rows=rows,
         positives=positives,

@@ -146,6 +146,12 @@ def survival_from_hazard(hazard: np.ndarray) -> np.ndarray:
     return np.cumprod(1.0 - np.asarray(hazard, dtype=np.float64), axis=-1)
 
 
+def risk_at_horizon(hazard: np.ndarray) -> np.ndarray:
+    """1 - S_L per subject [n]: the risk the C-index ranks (empty for no subjects)."""
+    h = np.asarray(hazard, dtype=np.float64)
+    return 1.0 - survival_from_hazard(h)[:, -1] if len(h) else np.zeros(0)
+
+
 def kaplan_meier(interval: np.ndarray, event: np.ndarray, num_intervals: int) -> np.ndarray:
     """Kaplan-Meier survival at the end of each interval [L] (the observed curve for calibration).
 

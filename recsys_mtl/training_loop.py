@@ -186,6 +186,7 @@ class TrainingLoop:
         self.progress_bar = progress_bar
         self.log_seconds = log_seconds
         self._last_log = time.perf_counter()
+        self._rate = 0.0  # samples/s at the latest loss-curve point
         self.step = step
         self.first_step = step
         self.curve: list[dict[str, float]] = curve if curve is not None else []
@@ -287,23 +288,23 @@ class TrainingLoop:
             point = {k: v / self._window_steps for k, v in self._window.items()}
             self.curve.append({"step": self.step, **point})
             self._window, self._window_steps = {}, 0
-            rate = (self.step - self.first_step) * self.bs * self.ctx.world_size / self.train_seconds()
-            self._postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{rate:,.0f}")
+            self._rate = (self.step - self.first_step) * self.bs * self.ctx.world_size / self.train_seconds()
+            self._postfix.update(loss=f"{point['loss']:.4f}", samples_s=f"{self._rate:,.0f}")
             bar.set_postfix(self._postfix, refresh=False)  # the bar redraws at its own pace
 
     def _log_progress(self) -> None:
-        """Every `log_seconds` (and at the last step) a log line with the loss and the throughput,
-        whether or not a progress bar is drawn: a log file or `--no-progress` still shows them."""
+        """Every `log_seconds` (and at the last step) a log line with the latest loss-curve point
+        and throughput, whether or not a progress bar is drawn: a log file or `--no-progress`
+        still shows them."""
         now = time.perf_counter()
         last = self.step == self.total_steps
         if not self.ctx.is_main or not self.curve or (now - self._last_log < self.log_seconds and not last):
             return
         self._last_log = now
-        rate = (self.step - self.first_step) * self.bs * self.ctx.world_size / max(self.train_seconds(), 1e-9)
         log.info(
             "step %d/%d (%.0f%%): loss %.4f, %s samples/s",
             self.step, self.total_steps, 100.0 * self.step / max(self.total_steps, 1),
-            self.curve[-1]["loss"], f"{rate:,.0f}",
+            self.curve[-1]["loss"], f"{self._rate:,.0f}",
         )  # fmt: skip
 
     def _after_step(self, bar: tqdm) -> None:
