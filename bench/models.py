@@ -165,6 +165,8 @@ def run_one(
         no_progress=True,
         overwrite=True,
         batch_size=batch_size or None,
+        # windows under 7 training days leave the weekly hazard no label: measured as untrained
+        allow_untrained_tasks=True,
     )
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -230,6 +230,7 @@ def train_cmd(
         no_progress=True,
         overwrite=True,
         batch_size=batch_size or None,
+        allow_untrained_tasks=True,  # throughput on a few days: the weekly hazard keeps no label
     )
 
 

@@ -4,6 +4,12 @@ The new model is the run's consolidated eager model; the serving model is the re
 artifact (what users are scored with), fed by its own manifest's feature transform. Both go through
 `recsys_mtl.evaluation.predict` + `compute_metrics` on every row of the day, so the gate compares
 like with like. Expert diagnostics come from the new (eager) model.
+
+Calibration: the new model's map is fitted on the day (`recsys_mtl.calibration.fit_and_report`):
+its metrics get the after-numbers (out-of-fold), and the map is what the published artifact
+carries (the nightly job writes it into the run). The serving model is scored through its artifact,
+so its scores are already calibrated by the map it was published with (if any). The gate reads
+the raw new predictions: ranking is unchanged by the map for head tasks.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recsys_mtl.calibration import HeldOutCalibration, fit_and_report
 from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
 from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
@@ -27,6 +34,7 @@ class EvaluatedPair:
     experts: dict[str, Any]
     serving_preds: Predictions | None
     serving_metrics: dict[str, Any] | None
+    calibration: HeldOutCalibration | None = None  # the new model's map, fitted on the day
 
 
 def evaluate_pair(
@@ -43,13 +51,29 @@ def evaluate_pair(
     reader = evaluation_reader(run.recipe, data_dir, transform=run.transform, start=day, end=day)
     new_preds = predict(run.model, reader)
     experts = expert_usage(run.model, reader, diagnostics_batches)
-    new_metrics = compute_metrics(run.recipe, new_preds, experts)
+    held = fit_and_report(run.recipe, new_preds, [day.isoformat()])
+    info = None
+    if held.calibration is not None:
+        info = {
+            "method": held.calibration.method,
+            "kind": "out_of_fold",
+            "folds": run.recipe.calibration.folds,
+        }
+        info["fitted_on_days"] = [day.isoformat()]
+    new_metrics = compute_metrics(
+        run.recipe,
+        new_preds,
+        experts,
+        calibrated=held.out_of_fold,
+        calibrated_ranking=held.applied,
+        calibration_info=info,
+    )
     if serving_version is None:
-        return EvaluatedPair(new_preds, new_metrics, experts, None, None)
+        return EvaluatedPair(new_preds, new_metrics, experts, None, None, held)
     serving = load_model(registry, name, serving_version)
     serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/{MANIFEST_FILE}")
     module = serving.artifact.module  # type: ignore[attr-defined]
     s_reader = evaluation_reader(serving_recipe, data_dir, transform=serving.transform, start=day, end=day)
     serving_preds = predict(module, s_reader)
     serving_metrics = compute_metrics(serving_recipe, serving_preds)
-    return EvaluatedPair(new_preds, new_metrics, experts, serving_preds, serving_metrics)
+    return EvaluatedPair(new_preds, new_metrics, experts, serving_preds, serving_metrics, held)

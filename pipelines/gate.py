@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys_mtl.evaluation import Predictions, per_creative
+from recsys_mtl.evaluation import Predictions, per_subject
 from recsys_mtl.metric_intervals import MetricInterval, auc_interval, c_index_interval
 from recsys_mtl.metrics import risk_at_horizon
 from recsys_mtl.recipe import GateSpec, Recipe, TaskSpec
@@ -89,7 +89,7 @@ def _hazard_interval(
             {task.name: m},
             subjects=new.subjects,
         )
-        table = per_creative(task.name, rows)
+        table = per_subject(task.name, rows)
         risks.append(risk_at_horizon(table.hazard))
     assert table is not None
     return c_index_interval(risks, table.interval, table.event, **bootstrap), "subjects"

@@ -8,6 +8,9 @@ For date D, with W = the recipe's `nightly.window_days`:
   Labels are censored at the end of D - 1 (the trainer's label cutoff), so nothing from D leaks.
 - D is the held-out slice: the new model and the serving model are both scored on all of D's rows
   by the same code (`recsys_mtl.evaluation`), the serving one through its exported artifact.
+- The new model's calibration map (recipe `calibration`) is fitted on D's rows, the day it is
+  evaluated on (RUN/calibration.json; before/after, out-of-fold, in the report); the published
+  artifact carries it (`recsys_mtl.calibration`).
 - The gate (pipelines/gate.py) compares them per task. Only if it passes is the model exported
   (fp32 + int8 build), published as the next version with its report and the nightly record
   (date, validation, gate decision) in the manifest, and promoted by atomic rename of current.json;
@@ -37,9 +40,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_mtl.atomic_files import write_json_atomic
+from recsys_mtl.calibration import HeldOutCalibration
 from recsys_mtl.cli.train import PYTHON_CLI, train_command
 from recsys_mtl.exit_codes import (  # the job's codes (defined once, for the CLI and the scheduler too)
     EXIT_BAD_INPUT,
@@ -53,6 +57,10 @@ from recsys_mtl.partitions import DataError, list_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, RolledBackError
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, latest_checkpoint, read_run_info
+
+if TYPE_CHECKING:  # imported where the job evaluates: the CLI's --help stays light
+    from pipelines.evaluate import EvaluatedPair
+    from recsys_mtl.evaluation import Predictions
 
 log = logging.getLogger("pipelines.nightly")
 
@@ -232,6 +240,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
     with steps.step("evaluate", f"new vs serving ({serving_version or 'none'}) on all rows of {cfg.day}"):
         pair = evaluate_pair(cfg.recipe, run_dir, reg, cfg.name, serving_version, cfg.data_dir, cfg.date)
         write_json_atomic(run_dir / METRICS_FILE, pair.new_metrics)  # exported into the manifest
+        _save_calibration(run_dir, pair.calibration)  # exported into the artifact
 
     from pipelines.gate import gate_table_lines, quality_gate
 
@@ -241,7 +250,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
         f"per-task AUC / C-index against the serving model (or the floors), {spec.rule} rule, "
         f"{spec.confidence:.0%} paired bootstrap intervals ({spec.resamples} resamples)",
     ):
-        decision = quality_gate(cfg.recipe, pair.new_preds, pair.serving_preds, serving_version)
+        decision = quality_gate(cfg.recipe, _as_shipped(pair), pair.serving_preds, serving_version)
         for line in gate_table_lines(decision):
             log.info("gate %s", line)
 
@@ -263,6 +272,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
             loss_history=_loss_history(run_dir),
             validation=validation.as_dict(),
             timings=steps.timings,
+            new_calibrated=pair.calibration.out_of_fold if pair.calibration else None,
         )
     if not decision["passed"]:
         _write_state(cfg, "gate_failed", reason=decision["reason"])
@@ -273,6 +283,17 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
     return GatedRun(
         serving_version, run_dir, window, validation.as_dict(), decision, files, report_dir, steps
     )
+
+
+def _as_shipped(pair: EvaluatedPair) -> Predictions:
+    """The new model's predictions as its artifact will serve them: with the calibration map it
+    carries (fitted on this day). The serving model is scored through its artifact, so it is
+    calibrated too; comparing a raw new model with it would judge a product task (ctcvr = ctr x
+    cvr, whose ranking two maps change) on different scores from the ones that ship."""
+    held = pair.calibration
+    if held is None or not held.applied:
+        return pair.new_preds
+    return pair.new_preds.replace_scores(held.applied)
 
 
 def publish_gated(cfg: NightlyConfig, gated: GatedRun) -> Outcome:
@@ -429,6 +450,32 @@ def _train(cfg: NightlyConfig, run_dir: Path, window: list[str], warm_start: str
         epochs=cfg.epochs or None, threads=cfg.threads or None, no_progress=not cfg.progress,
     )  # fmt: skip
     return subprocess.call(cmd, stdin=subprocess.DEVNULL, env={**os.environ})
+
+
+def _save_calibration(run_dir: Path, held: HeldOutCalibration | None) -> None:
+    """The new model's map (fitted on D) as RUN/calibration.json, which `export_run` puts into the
+    artifact; none (recipe method none, or no task could be fitted) removes a stale one."""
+    from recsys_mtl.calibration import CALIBRATION_FILE
+
+    path = run_dir / CALIBRATION_FILE
+    cal = held.calibration if held is not None else None
+    if cal is None or not cal.maps:
+        path.unlink(missing_ok=True)
+        why = (
+            "recipe calibration.method none"
+            if cal is None
+            else f"no task fitted: {cal.fitted_on.get('skipped')}"
+        )
+        log.info("calibration: no map for the new model (%s): it is published uncalibrated", why)
+        return
+    cal.save(path)
+    for task, r in ((cal.report or {}).get("tasks") or {}).items():
+        b, a = r["before"], r["after"]
+        log.info(
+            "calibration %s (%s, out-of-fold on %s): pred/obs %s -> %s, ECE %s -> %s",
+            *(task, cal.method, cal.fitted_on.get("days")),
+            *(b["pred_obs_ratio"], a["pred_obs_ratio"], b["ece"], a["ece"]),
+        )
 
 
 def _loss_history(run_dir: Path) -> list[dict[str, Any]]:

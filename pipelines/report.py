@@ -13,6 +13,11 @@ reads to trust it, or to find out why a run was rejected, without re-running any
   here before it becomes an outage);
 - per binary task a ROC curve and a reliability curve of both models on the same axes: ranking and
   calibration can move independently, and the gate only looks at ranking;
+- the new model's calibration (recsys_mtl/calibration.py): its map is fitted on the validation day,
+  and a table shows per binary task ECE, pred/obs and AUC before and after it (out-of-fold: each
+  half of the users calibrated by the map fitted on the other half), with the out-of-fold
+  calibrated curve added to the reliability plot; the serving model's scores are its artifact's,
+  already calibrated by the map it was published with;
 - per hazard task the predicted survival curves of the new model by predicted-risk decile against
   the Kaplan-Meier curve of each decile's observed lifetimes: the C-index says the order is right,
   this plot says whether the predicted curves have the right level and shape per risk group;
@@ -37,11 +42,13 @@ import importlib.resources
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 
 from pipelines import report_plots as plots
 from pipelines.gate import GATE_TABLE_HEADER, gate_table
@@ -169,9 +176,10 @@ _BINARY_COLUMNS = [
     ("oracle lift", "oracle_lift", 3),
 ]
 _HAZARD_COLUMNS = [
-    ("subjects", "creatives", 0),
+    ("subjects", "subjects", 0),
     ("events", "events", 0),
     ("C-index", "c_index", 4),
+    ("td-AUC", "td_auc", 4),
     ("IBS", "ibs", 4),
     ("S(t) max error", "max_abs_error", 4),
     ("oracle C-index", "oracle_c_index", 4),
@@ -183,6 +191,8 @@ _HAZARD_COLUMNS = [
 def _metric(task_metrics: dict[str, Any], key: str) -> Any:
     if key == "max_abs_error":  # the survival calibration's summary lives one level down
         return (task_metrics.get("calibration") or {}).get(key)
+    if key == "subjects":  # metrics written before the key existed call them creatives
+        return task_metrics.get(key, task_metrics.get("creatives"))
     return task_metrics.get(key)
 
 
@@ -200,6 +210,9 @@ def _metrics_tables(
         tasks = [t.name for t in recipe.tasks if t.kind == kind]
         if not tasks:
             continue
+        if kind == "hazard":  # name what the subjects are: the column that identifies them
+            cols = ", ".join(dict.fromkeys(recipe.subject_column(t) for t in tasks))
+            title = f"Hazard tasks (per survival subject: {cols})"
         # Oracle columns exist on synthetic data only: show them only when some task has them.
         shown = [
             c
@@ -218,6 +231,38 @@ def _metrics_tables(
                 rows.append([t, model, *(num(_metric(metrics, key), digits) for _, key, digits in shown)])
         out.append({"title": title, "table": Table(["task", "model", *(c[0] for c in shown)], rows)})
     return out
+
+
+def _calibration_section(new_metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Before/after calibration of the new model per binary task (the metrics' "calibrated"
+    entries); None when the new model has no map."""
+    info = new_metrics.get("calibration")
+    tasks = {n: m for n, m in (new_metrics.get("tasks") or {}).items() if "calibrated" in m}
+    if not info or not tasks:
+        return None
+    header = ["task", "rows", "ECE before", "ECE after", "pred/obs before", "pred/obs after"]
+    header += ["AUC before", "AUC after"]
+    rows = [
+        [
+            n,
+            num(m.get("rows"), 0),
+            num(m.get("ece"), 4),
+            num(m["calibrated"].get("ece"), 4),
+            num(m.get("pred_obs_ratio"), 3),
+            num(m["calibrated"].get("pred_obs_ratio"), 3),
+            num(m.get("auc"), 4),
+            num(m["calibrated"].get("auc"), 4),
+        ]
+        for n, m in tasks.items()
+    ]
+    days = ", ".join(info.get("fitted_on_days") or []) or "?"
+    explain = (
+        f"Map: {info.get('method')}, fitted on {days}; the artifact published carries it. After: "
+        f"{info.get('kind')} ({info.get('folds')} folds by user). AUC after is the published map's, "
+        "the same as before for head tasks (a strictly increasing map); products are recomputed from "
+        "the calibrated factors."
+    )
+    return {"table": Table(header, rows), "explain": explain}
 
 
 def _validation_section(validation: dict[str, Any]) -> dict[str, Any] | None:
@@ -289,6 +334,7 @@ def _task_plots(
     new_preds: Predictions,
     serving_preds: Predictions | None,
     written: list[Path],
+    new_calibrated: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """A task's plots (written into out_dir) and the notes that go with them."""
     stem = _file_stem(task.name)
@@ -309,7 +355,10 @@ def _task_plots(
                 png = plots.plot_roc(task.name, new, serving)
                 p = _write_png(out_dir / f"roc_{stem}.png", png, written)
                 figures.append(_figure(p, f"ROC curve of {task.name}"))
-            png = plots.plot_calibration(task.name, new, serving)
+            calibrated = None
+            if new_calibrated and task.name in new_calibrated:
+                calibrated = plots.binary_rows(new_preds.replace_scores(dict(new_calibrated)), task.name)
+            png = plots.plot_calibration(task.name, new, serving, calibrated)
             p = _write_png(out_dir / f"calibration_{stem}.png", png, written)
             figures.append(_figure(p, f"reliability curve of {task.name}"))
     else:
@@ -378,8 +427,12 @@ def write_report(
     loss_history: list[dict[str, Any]],
     validation: dict[str, Any],
     timings: dict[str, float],
+    new_calibrated: Mapping[str, np.ndarray] | None = None,
 ) -> list[Path]:
     """Write report.html and PNG plots into out_dir; return the paths written.
+
+    `new_calibrated`: the new model's out-of-fold calibrated probabilities per binary task (from
+    `recsys_mtl.calibration.fit_and_report`), drawn beside its raw reliability curve.
 
     `out_dir` is created if needed. PNGs come first in the returned list and report.html last; the
     page refers to each PNG by its file name, so the directory can be moved or served as a whole.
@@ -389,7 +442,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     # Plots in page order: each PNG is written as it is drawn, report.html last.
-    task_sections = [_task_plots(out_dir, t, new_preds, serving_preds, written) for t in recipe.tasks]
+    task_sections = [
+        _task_plots(out_dir, t, new_preds, serving_preds, written, new_calibrated) for t in recipe.tasks
+    ]
     expert_section = _expert_plots(out_dir, experts, written)
     loss_section = _loss_plot(out_dir, loss_history, written)
     page = _template().render(
@@ -401,6 +456,7 @@ def write_report(
         gate=_gate_table(decision),
         has_serving_metrics=serving_metrics is not None,
         metrics_tables=_metrics_tables(recipe, new_metrics, serving_metrics),
+        calibration=_calibration_section(new_metrics),
         tasks_table=_tasks_section(recipe),
         has_serving_preds=serving_preds is not None,
         task_sections=task_sections,

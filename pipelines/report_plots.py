@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipelines.report_format import as_float, is_missing, num
 from recsys_mtl.curves import reliability_bins, roc_curve, survival_by_risk_group
-from recsys_mtl.evaluation import Predictions, per_creative
+from recsys_mtl.evaluation import Predictions, per_subject
 from recsys_mtl.metrics import auc
 from recsys_mtl.recipe import TaskSpec
 
@@ -105,17 +105,27 @@ def plot_roc(task: str, new: Rows, serving: Rows | None) -> bytes:
     return _png(fig)
 
 
-def plot_calibration(task: str, new: Rows, serving: Rows | None) -> bytes:
+def plot_calibration(task: str, new: Rows, serving: Rows | None, calibrated: Rows | None = None) -> bytes:
+    """Reliability curves of the new and the serving model, and (`calibrated`) of the new model
+    after its calibration map (out-of-fold), dashed in the new model's colour."""
     fig = _new_figure(5.0, 4.4)
     ax = fig.add_subplot()
     top = 0.0
-    for label, rows, colour in (("new", new, NEW_COLOUR), ("serving", serving, SERVING_COLOUR)):
+    series = [("new", new, NEW_COLOUR, "-"), ("serving", serving, SERVING_COLOUR, "-")]
+    series.append(("new, calibrated (out-of-fold)", calibrated, NEW_COLOUR, "--"))
+    for label, rows, colour, style in series:
         if rows is None or len(rows[0]) == 0:
             continue
         pred, obs = reliability_bins(*rows, bins=CALIBRATION_BINS)
         ratio = rows[0].mean() / rows[1].mean() if rows[1].mean() > 0 else float("nan")
         ax.plot(
-            pred, obs, marker="o", markersize=4, color=colour, label=f"{label} (pred/obs {num(ratio, 3)})"
+            pred,
+            obs,
+            marker="o",
+            markersize=4,
+            color=colour,
+            linestyle=style,
+            label=f"{label} (pred/obs {num(ratio, 3)})",
         )
         top = max(top, float(pred.max()), float(obs.max()))
     # Axes span the data, not [0, 1]: a 2% conversion rate would otherwise be a dot in the corner.
@@ -154,7 +164,7 @@ def plot_survival(task: TaskSpec, preds: Predictions) -> tuple[bytes | None, str
     scores = np.asarray(preds.scores[name])
     if scores.ndim != 2 or scores.shape[1] != task.num_intervals:
         return None, f"predictions have shape {scores.shape}, not [rows, {task.num_intervals}]"
-    subjects = per_creative(name, preds)
+    subjects = per_subject(name, preds)
     n = len(subjects.interval)
     groups = risk_groups(n)
     if groups == 0:

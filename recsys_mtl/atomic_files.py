@@ -3,8 +3,9 @@ after a crash the file is one or the other.
 
 Every write of a whole file that others read while it changes goes through here: run.json,
 metrics.json and checkpoint pointers (recsys_mtl.run, recsys_mtl.checkpoint), the nightly job's
-state (pipelines.nightly), the nightly report (pipelines.report), and current.json /
-rollbacks.json (recsys_mtl.registry, which adds its own lock around them).
+state (pipelines.nightly), the nightly report (pipelines.report), current.json /
+rollbacks.json (recsys_mtl.registry, which adds its own lock around them), and the Parquet files
+of batch predictions (recsys_mtl.batch_predict, streamed through `atomic_path`).
 
 How: the data goes to a new temporary file in the same directory (same filesystem, so the rename
 is atomic), created exclusively under a name no other writer uses (process id + random suffix),
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,29 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, tmp_prefix:
     tmp = _tmp_path(p, tmp_prefix)
     try:
         write_new_synced(tmp, data)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(p.parent)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], *, tmp_prefix: str | None = None) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that streams (e.g. a Parquet writer): the
+    caller creates and writes the yielded file and closes it before the block ends; then it is
+    fsynced and renamed into place (`os.replace`) and the directory fsynced. If the block raises,
+    the temporary file is removed and `path` is untouched. The directory must exist.
+    """
+    p = Path(path)
+    tmp = _tmp_path(p, tmp_prefix)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)

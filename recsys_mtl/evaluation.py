@@ -17,9 +17,16 @@ The two steps are kept apart on purpose:
                  oracle_expected_auc, expected_lift: the same against the true probabilities
                  instead of the drawn labels (`metrics.expected_auc`), free of label noise, which
                  dominates where positives are few (CVR). Only the task's eval_mask rows count
-                 (CVR: clicked rows).
-   hazard task   per survival subject (see below): c_index (Harrell's, risk = 1 - S(horizon) of the
-                 task's grid), ibs (integrated Brier score), creatives, events, calibration
+                 (CVR: clicked rows). reliability: 10 equal-count bins of the prediction (mean
+                 predicted, observed rate, rows). With calibrated scores (`recsys_mtl.calibration`):
+                 calibrated = the same auc, gauc, logloss, ece, pred_obs_ratio and reliability
+                 after the map; the top-level "calibration" says how they were made (out-of-fold,
+                 or a saved map applied).
+   hazard task   per survival subject (see below): c_index (Harrell's in lifelines' convention,
+                 risk = 1 - S(horizon) of the task's grid; `metrics.c_index`), td_auc (the
+                 cumulative/dynamic AUC with IPCW at the grid's horizon), ibs (integrated Brier
+                 score), subjects (and its old name creatives), subject_column (the column that
+                 identifies them; null when each row was its own subject), events, calibration
                  (mean predicted survival vs the Kaplan-Meier curve at each interval end), and
                  oracle_c_index, oracle_lift = (c - 0.5) / (oracle_c - 0.5), oracle_ibs; and
                  expected_auc, oracle_expected_auc, expected_lift: the AUC of the risk for "stops
@@ -39,7 +46,7 @@ hazards over the subject's rows (choice): the hazard head sees row-level context
 creative age at the impression), and averaging per interval keeps a proper hazard in [0, 1] whose
 survival curve summarises all the contexts the subject was seen in. The oracle hazard is the
 subject's own, the same on each row, so its mean is itself. Data without the subject column is
-evaluated one row per subject. (The metric keys keep the name ``creatives`` for the subject count.)
+evaluated one row per subject. (The key ``creatives`` repeats ``subjects`` for older readers.)
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -58,10 +65,12 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_mtl.calibration import Calibration, fit_and_report, reliability_table
 from recsys_mtl.metrics import (
     auc,
     c_index,
     calibration,
+    cumulative_dynamic_auc,
     expected_auc,
     gauc,
     integrated_brier_score,
@@ -304,8 +313,13 @@ def oracle_lift(score: float, oracle_score: float) -> float:
     return (score - 0.5) / (oracle_score - 0.5)
 
 
-def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
-    """Ranking and calibration metrics of a binary task on its eval_mask rows."""
+def _binary_metrics(
+    name: str, preds: Predictions, calibrated: np.ndarray | None = None, ranking: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Ranking and calibration metrics of a binary task on its eval_mask rows; with `calibrated`
+    (the task's calibrated probabilities on all rows) the same after calibration under "calibrated",
+    AUC and GAUC there from `ranking` when given (the shipped map's scores; see
+    `calibration.HeldOutCalibration`)."""
     m = preds.eval_mask[name]
     p = preds.scores[name][m].astype(np.float64)
     y = preds.labels[name][m].astype(np.float64)
@@ -316,6 +330,19 @@ def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
     res["logloss"] = logloss(p, y)
     cal = calibration(p, y)
     res["ece"], res["pred_obs_ratio"] = cal["ece"], cal["pred_obs_ratio"]
+    res["reliability"] = reliability_table(p, y)
+    if calibrated is not None:
+        q = np.asarray(calibrated, dtype=np.float64)[m]
+        r = q if ranking is None else np.asarray(ranking, dtype=np.float64)[m]
+        after = calibration(q, y)
+        res["calibrated"] = {
+            "auc": auc(r, y),
+            **({"gauc": gauc(r, y, users)} if users is not None else {}),
+            "logloss": logloss(q, y),
+            "ece": after["ece"],
+            "pred_obs_ratio": after["pred_obs_ratio"],
+            "reliability": reliability_table(q, y),
+        }
     res["rows"] = int(m.sum())
     if name in preds.oracle:
         o = preds.oracle[name][m].astype(np.float64)
@@ -334,9 +361,9 @@ def _binary_metrics(name: str, preds: Predictions) -> dict[str, Any]:
 
 
 @dataclass
-class CreativeTable:
-    """One row per survival subject (a creative on a day, by default a creative): its survival label
-    and mean predicted (and oracle) hazards."""
+class SubjectTable:
+    """One row per survival subject (a creative on a day in the product; whatever the task's subject
+    column identifies in other data): its survival label and mean predicted (and oracle) hazards."""
 
     interval: np.ndarray  # int64 [C]
     event: np.ndarray  # bool [C]
@@ -345,10 +372,10 @@ class CreativeTable:
     rows: np.ndarray  # int64 [C], rows behind each subject
 
 
-def per_creative(name: str, preds: Predictions) -> CreativeTable:
-    """Group a hazard task's eval rows per survival subject (a creative on a day, by default a
-    creative): by ``preds.subjects[name]``, the task's subject column, each row on its own without
-    one; the first row's label, and hazards averaged over the rows (module docstring)."""
+def per_subject(name: str, preds: Predictions) -> SubjectTable:
+    """Group a hazard task's eval rows per survival subject: by ``preds.subjects[name]``, the task's
+    subject column, each row on its own without one; the first row's label, and hazards averaged
+    over the rows (module docstring)."""
     idx = np.flatnonzero(preds.eval_mask[name])
     subjects = preds.subjects.get(name)
     if subjects is None:
@@ -367,7 +394,7 @@ def per_creative(name: str, preds: Predictions) -> CreativeTable:
             return np.zeros((0, h.shape[1]))
         return np.add.reduceat(h[rows].astype(np.float64), starts, axis=0) / counts[:, None]
 
-    return CreativeTable(
+    return SubjectTable(
         interval=preds.labels[name][first].astype(np.int64),
         event=preds.events[name][first] > 0,
         hazard=mean(preds.scores[name]),
@@ -376,14 +403,21 @@ def per_creative(name: str, preds: Predictions) -> CreativeTable:
     )
 
 
-def _hazard_metrics(task: TaskSpec, preds: Predictions) -> dict[str, Any]:
-    """Per-subject C-index, integrated Brier score and survival calibration of a hazard task."""
-    c = per_creative(task.name, preds)
+# the names before subjects were named for what they are (bench/, pipelines/ and tests import them)
+CreativeTable = SubjectTable
+per_creative = per_subject
+
+
+def _hazard_metrics(task: TaskSpec, preds: Predictions, subject_column: str | None = None) -> dict[str, Any]:
+    """Per-subject C-index, time-dependent AUC, integrated Brier score and survival calibration of a
+    hazard task. `subject_column` names what the subjects are (None: each row its own subject)."""
+    c = per_subject(task.name, preds)
     assert task.grid is not None
     widths = np.diff(np.asarray(task.grid, dtype=np.float64))
     surv = survival_from_hazard(c.hazard)
     risk = 1.0 - surv[:, -1] if len(surv) else np.zeros(0)
     res: dict[str, Any] = {"c_index": c_index(c.interval, c.event, risk)}
+    res["td_auc"] = cumulative_dynamic_auc(c.interval, c.event, risk, task.num_intervals - 1)
     o_surv = None
     if c.oracle is not None:
         o_surv = survival_from_hazard(c.oracle)
@@ -393,7 +427,9 @@ def _hazard_metrics(task: TaskSpec, preds: Predictions) -> dict[str, Any]:
         res["expected_auc"] = expected_auc(risk, o_risk)
         res["oracle_expected_auc"] = expected_auc(o_risk, o_risk)
         res["expected_lift"] = oracle_lift(res["expected_auc"], res["oracle_expected_auc"])
-    res["creatives"] = len(c.interval)
+    res["subjects"] = len(c.interval)
+    res["subject_column"] = subject_column if task.name in preds.subjects else None
+    res["creatives"] = res["subjects"]  # the old name, for readers of older metrics
     res["events"] = int(c.event.sum())
     empty = len(c.interval) == 0
     res["ibs"] = float("nan") if empty else integrated_brier_score(c.interval, c.event, surv, widths)
@@ -433,16 +469,52 @@ def to_json(value: Any) -> Any:
 
 
 def compute_metrics(
-    recipe: Recipe, preds: Predictions, experts: dict[str, Any] | None = None
+    recipe: Recipe,
+    preds: Predictions,
+    experts: dict[str, Any] | None = None,
+    *,
+    calibrated: Mapping[str, np.ndarray] | None = None,
+    calibrated_ranking: Mapping[str, np.ndarray] | None = None,
+    calibration_info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metrics dict (module docstring) of every recipe task, JSON-able with allow_nan=False.
 
     `experts` (from `expert_diagnostics`) is passed through under "experts"; {} when not given.
+    `calibrated` (binary task -> calibrated probabilities on all rows) adds each such task's
+    after-calibration metrics (AUC / GAUC from `calibrated_ranking` where given), and
+    `calibration_info` (how they were made) goes under "calibration".
     """
     tasks: dict[str, Any] = {}
+    cal, rank = calibrated or {}, calibrated_ranking or {}
     for t in recipe.tasks:
-        tasks[t.name] = _binary_metrics(t.name, preds) if t.kind == "binary" else _hazard_metrics(t, preds)
-    return to_json({"tasks": tasks, "experts": experts or {}})
+        if t.kind == "binary":
+            tasks[t.name] = _binary_metrics(t.name, preds, cal.get(t.name), rank.get(t.name))
+        else:
+            tasks[t.name] = _hazard_metrics(t, preds, recipe.subject_column(t))
+    out: dict[str, Any] = {"tasks": tasks, "experts": experts or {}}
+    if calibration_info is not None:
+        out["calibration"] = dict(calibration_info)
+    return to_json(out)
+
+
+def calibrated_scores(
+    recipe: Recipe, preds: Predictions, cal: Calibration, days: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """(calibrated probabilities, the ranking scores, how they were made) of a model with the saved
+    calibration `cal` on predictions of `days`: out-of-fold (`calibration.fit_and_report`,
+    refitted with the saved map's method) when `days` overlap the days the map was fitted on (the
+    map applied there would read its own labels), ranked by the saved map; else the saved map
+    applied, for both."""
+    fitted = set(cal.fitted_on.get("days") or [])
+    info: dict[str, Any] = {"method": cal.method, "fitted_on_days": sorted(fitted)}
+    applied = cal.apply(preds.scores)
+    if fitted & set(days):
+        spec = recipe.calibration.model_copy(update={"method": cal.method})
+        held = fit_and_report(recipe.model_copy(update={"calibration": spec}), preds, days)
+        info.update(kind="out_of_fold", folds=spec.folds)
+        return held.out_of_fold, applied, info
+    info["kind"] = "applied"
+    return applied, applied, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,11 +543,14 @@ def evaluate(
     end: str | dt.date | None = None,
     batch_size: int | None = None,
     diagnostics_batches: int = 20,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on the days [start, end] of `data_dir`: {"tasks": ..., "experts": ...}.
 
     `transform` must be the one the model was trained with (its dense statistics); None builds it
-    from the recipe. Expert diagnostics cover the first `diagnostics_batches` batches.
+    from the recipe. Expert diagnostics cover the first `diagnostics_batches` batches. With the
+    model's saved `calibration` (RUN/calibration.json), binary tasks also get their metrics after
+    it (`calibrated_scores`: out-of-fold on the days it was fitted on, else applied).
     """
     t0 = time.perf_counter()
     reader = evaluation_reader(
@@ -483,7 +558,13 @@ def evaluate(
     )
     preds = predict(model, reader)
     experts = expert_usage(model, reader, diagnostics_batches)
-    metrics = compute_metrics(recipe, preds, experts)
+    calibrated = ranking = info = None
+    if calibration is not None:
+        days = sorted({f.day.isoformat() for f in reader.files})
+        calibrated, ranking, info = calibrated_scores(recipe, preds, calibration, days)
+    metrics = compute_metrics(
+        recipe, preds, experts, calibrated=calibrated, calibrated_ranking=ranking, calibration_info=info
+    )
     log.info("evaluated %d rows in %.1fs", preds.num_rows, time.perf_counter() - t0)
     return metrics
 
@@ -492,6 +573,42 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     if value is None:
         return "-"
     return format(value, spec)
+
+
+def _calibration_lines(metrics: dict[str, Any], binary: dict[str, Any]) -> list[str]:
+    """Before/after calibration per binary task (ECE, pred/obs, AUC) and the reliability tables
+    side by side (per bin: mean predicted / observed rate (rows)), when the metrics have them."""
+    done = {n: r for n, r in binary.items() if "calibrated" in r}
+    if not done:
+        return []
+    info = metrics.get("calibration") or {}
+    lines = [
+        f"calibration ({info.get('method', '?')}, {info.get('kind', '?')}): before -> after",
+        f"{'task':<14} {'ECE':>17} {'pred/obs':>15} {'AUC':>17}",
+    ]
+    for n, r in done.items():
+        c = r["calibrated"]
+        lines.append(
+            f"{n:<14} {_fmt(r['ece']):>7} -> {_fmt(c['ece']):<7} {_fmt(r['pred_obs_ratio'], '.3f'):>6} -> "
+            f"{_fmt(c['pred_obs_ratio'], '.3f'):<6} {_fmt(r['auc']):>7} -> {_fmt(c['auc']):<7}"
+        )
+    for n, r in done.items():
+        lines.append(f"reliability {n}: bin  predicted / observed (rows), before  |  after")
+        before, after = r.get("reliability") or [], r["calibrated"].get("reliability") or []
+        for i, (b, a) in enumerate(zip(before, after, strict=False)):
+            lines.append(
+                f"  {i:>2}  {_fmt(b['predicted'], '.5f')} / {_fmt(b['observed'], '.5f')} ({b['rows']:,})  |  "
+                f"{_fmt(a['predicted'], '.5f')} / {_fmt(a['observed'], '.5f')} ({a['rows']:,})"
+            )
+    return lines
+
+
+def _subjects_label(hazard_metrics: dict[str, Any]) -> str:
+    """The hazard table's subject-count header: "subjects (COLUMN)", or "subjects (rows)" when
+    each row was its own subject; plain "subjects" for metrics written before the key existed."""
+    if "subject_column" not in hazard_metrics:
+        return "subjects"
+    return f"subjects ({hazard_metrics['subject_column'] or 'rows'})"
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -512,15 +629,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
                 f"{_fmt(r.get('oracle_auc')):>9} {_fmt(r.get('oracle_lift'), '.2f'):>6} "
                 f"{_fmt(r.get('expected_lift'), '.2f'):>8}"
             )
-    if hazard:
+        lines += _calibration_lines(metrics, binary)
+    for col in dict.fromkeys(_subjects_label(r) for r in hazard.values()):
+        w = max(10, len(col))
         lines.append(
-            f"{'task':<14} {'creatives':>10} {'events':>7} {'C-index':>7} {'IBS':>7} {'S err':>8} "
+            f"{'task':<14} {col:>{w}} {'events':>7} {'C-index':>7} {'td-AUC':>7} {'IBS':>7} {'S err':>8} "
             f"{'oracle C':>8} {'lift':>6} {'vs truth':>8}"
         )
         for n, r in hazard.items():
+            if _subjects_label(r) != col:
+                continue
+            subjects = r.get("subjects", r.get("creatives"))
             lines.append(
-                f"{n:<14} {r['creatives']:>10,} {r['events']:>7,} {_fmt(r['c_index']):>7} "
-                f"{_fmt(r['ibs']):>7} {_fmt(r['calibration']['max_abs_error']):>8} "
+                f"{n:<14} {subjects:>{w},} {r['events']:>7,} {_fmt(r['c_index']):>7} "
+                f"{_fmt(r.get('td_auc')):>7} {_fmt(r['ibs']):>7} "
+                f"{_fmt(r['calibration']['max_abs_error']):>8} "
                 f"{_fmt(r.get('oracle_c_index')):>8} {_fmt(r.get('oracle_lift'), '.2f'):>6} "
                 f"{_fmt(r.get('expected_lift'), '.2f'):>8}"
             )

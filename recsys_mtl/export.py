@@ -33,6 +33,15 @@ manifest.json (kind "recsys-mtl-model", manifest_version 1):
     weights       {format: "torch-state-dict", file: "weights.pt", sha256, bytes}: the fp32 weights
                   a warm start reads (`recsys_mtl.checkpoint.registry_weights` checks them first)
     companions    {int8: {file: "model.int8.pt", sha256, bytes, golden_outputs, ...}} (--also-int8)
+    calibration   {calibrated: true, method, maps, products, fitted_on: {days, rows, positives,
+                  skipped}, report: out-of-fold before/after} (recsys_mtl/calibration.py's
+                  calibration.json), or {calibrated: false, reason}
+
+Calibration: with a map (a run's RUN/calibration.json), every build is the scripted model inside
+`calibration.CalibratedModel`, which maps each binary head task's logit and recomputes product
+tasks from the calibrated factors after the model's own forward; parity and the golden outputs are
+measured on that whole artifact, against the eager model under the same wrapper. The server and
+`LoadedModel.score` then serve calibrated probabilities with no code of their own.
 """
 
 from __future__ import annotations
@@ -53,6 +62,14 @@ from typing import Any
 
 import torch
 
+from recsys_mtl.calibration import (
+    CALIBRATION_FILE,
+    CalibratedModel,
+    Calibration,
+    calibrated_tasks,
+    describe,
+    load_run_calibration,
+)
 from recsys_mtl.loader import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
@@ -107,8 +124,11 @@ class ExportResult:
     max_abs_diff: float
 
 
-def script_model(model: MultiTaskModel, int8: bool = False) -> torch.jit.ScriptModule:
-    """FX-trace (torchrec) and script a copy of `model`; with `int8`, quantize its tables first.
+def script_model(
+    model: MultiTaskModel, int8: bool = False, calibration: Calibration | None = None
+) -> torch.jit.ScriptModule:
+    """FX-trace (torchrec) and script a copy of `model`; with `int8`, quantize its tables first;
+    with `calibration`, script the result inside `CalibratedModel` (its maps applied after it).
 
     The model is deep-copied first: quantization swaps modules in place, and tracing a quantized
     model stores traced placeholders in it, so the caller's eager model stays untouched.
@@ -127,7 +147,10 @@ def script_model(model: MultiTaskModel, int8: bool = False) -> torch.jit.ScriptM
             from torchrec.inference.modules import quantize_inference_model
 
             m = quantize_inference_model(m)
-        return torch.jit.script(torchrec.fx.symbolic_trace(m))
+        scripted = torch.jit.script(torchrec.fx.symbolic_trace(m))
+        if calibration is None or not calibration.maps:
+            return scripted
+        return torch.jit.script(CalibratedModel(scripted, calibration))
 
 
 def artifact_bytes(scripted: torch.jit.ScriptModule) -> bytes:
@@ -144,7 +167,7 @@ def _slice(columns: Mapping[str, list[Any]], n: int) -> dict[str, list[Any]]:
 
 
 def _parity(
-    model: MultiTaskModel, artifact: TorchScriptArtifact, transform: FeatureTransform
+    model: torch.nn.Module, artifact: TorchScriptArtifact, transform: FeatureTransform
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Max |artifact - eager| over every output at several batch sizes; and the largest batch's
     artifact outputs (their shapes describe the outputs)."""
@@ -159,7 +182,7 @@ def _parity(
 
 
 def _compare(
-    model: MultiTaskModel,
+    model: torch.nn.Module,
     artifact: TorchScriptArtifact,
     transform: FeatureTransform,
     cols: Mapping[str, list[Any]],
@@ -261,11 +284,15 @@ class _Build:
     outputs: dict[str, torch.Tensor]  # the largest parity batch's outputs (their shapes describe them)
 
 
-def _scripted_build(model: MultiTaskModel, transform: FeatureTransform, int8: bool) -> _Build:
-    """Script `model` (`script_model`), serialise it, load it back and measure its parity."""
-    blob = artifact_bytes(script_model(model, int8=int8))
+def _scripted_build(
+    model: MultiTaskModel, transform: FeatureTransform, int8: bool, calibration: Calibration | None = None
+) -> _Build:
+    """Script `model` (`script_model`, with the calibration when given), serialise it, load it back
+    and measure its parity against the eager model (under the same calibration wrapper)."""
+    blob = artifact_bytes(script_model(model, int8=int8, calibration=calibration))
     artifact = TorchScriptArtifact.from_bytes(blob)  # the bytes as the server will load them
-    max_diff, outputs = _parity(model, artifact, transform)
+    reference = model if calibration is None or not calibration.maps else CalibratedModel(model, calibration)
+    max_diff, outputs = _parity(reference, artifact, transform)
     return _Build(
         blob=blob, sha256=sha256_bytes(blob), artifact=artifact, max_abs_diff=max_diff, outputs=outputs
     )
@@ -360,11 +387,15 @@ def _weights_entry(weights: bytes) -> dict[str, Any]:
 
 
 def _int8_companion(
-    model: MultiTaskModel, transform: FeatureTransform, golden: FeatureBatch
+    model: MultiTaskModel,
+    transform: FeatureTransform,
+    golden: FeatureBatch,
+    calibration: Calibration | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """An int8 build of the same weights for beside an fp32 export: its bytes and the manifest's
-    `companions.int8` entry. Non-finite outputs on the golden rows refuse it (ExportError)."""
-    q = _scripted_build(model, transform, int8=True)
+    """An int8 build of the same weights (and the same calibration) for beside an fp32 export: its
+    bytes and the manifest's `companions.int8` entry. Non-finite outputs on the golden rows refuse
+    it (ExportError)."""
+    q = _scripted_build(model, transform, int8=True, calibration=calibration)
     q_golden = _golden_outputs(q.artifact, golden)
     bad = [k for k, t in q_golden.items() if not bool(torch.isfinite(t).all())]
     if bad:
@@ -397,6 +428,8 @@ def export_model(
     extra_files: Mapping[str, bytes] | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
     expect: Expect = UNSET,
+    calibration: Calibration | None = None,
+    uncalibrated_reason: str = "no calibration map was given to the export",
 ) -> ExportResult:
     """Script `model` (optionally with int8 tables), check it against the eager model, and publish
     it as a new registry version with its manifest; promote it to current if asked.
@@ -417,6 +450,8 @@ def export_model(
         extra_manifest: more top-level manifest entries (e.g. "nightly": date, gate decision).
         expect: with `promote`, publish and promote only if this version (None: none) is still
             current (`Registry.publish`): the version the caller compared the model against.
+        calibration: the maps every build applies after the model (module docstring); recorded
+            in the manifest's `calibration`. None: uncalibrated, `uncalibrated_reason` says why.
 
     Raises:
         ExportError: the artifact does not reproduce the model (fp32) or gives non-finite outputs.
@@ -427,7 +462,7 @@ def export_model(
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     t0 = time.perf_counter()
-    build = _scripted_build(model, transform, int8=int8)
+    build = _scripted_build(model, transform, int8=int8, calibration=calibration)
     if not int8:
         _check_fp32_parity(build)
     golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
@@ -448,19 +483,23 @@ def export_model(
         metrics=metrics,
         source_run=source_run,
     )
+    manifest["calibration"] = describe(calibration, uncalibrated_reason)
+    calibration_ok = bool(manifest["calibration"]["calibrated"])
     manifest.update(extra_manifest or {})
     weights = weights_bytes(model)
     manifest["weights"] = _weights_entry(weights)
     files = {MODEL_FILE: build.blob, WEIGHTS_FILE: weights, **(extra_files or {})}
     if int8_companion and not int8:
-        files[INT8_COMPANION_FILE], companion = _int8_companion(model, transform, golden)
+        files[INT8_COMPANION_FILE], companion = _int8_companion(model, transform, golden, calibration)
         manifest["companions"] = {"int8": companion}
     v = reg.publish(name, files, manifest, version=version, promote=promote, expect=expect)
+    cal_note = f", calibrated ({manifest['calibration']['method']})" if calibration_ok else ", uncalibrated"
     log.info(
-        "exported %s/%s (%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
+        "exported %s/%s (%s%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
         name,
         v,
         "int8" if int8 else "fp32",
+        cal_note,
         len(build.blob) / 1e6,
         build.max_abs_diff,
         seconds,
@@ -492,8 +531,9 @@ def export_run(
     extra_manifest: Mapping[str, Any] | None = None,
     expect: Expect = UNSET,
 ) -> ExportResult:
-    """Export a finished training run: its consolidated model, recipe, transform, data range and
-    held-out metrics (see `export_model`)."""
+    """Export a finished training run: its consolidated model, recipe, transform, data range,
+    held-out metrics and calibration map (RUN/calibration.json; none: uncalibrated) (see
+    `export_model`)."""
     from recsys_mtl.run import METRICS_FILE, load_run
 
     run = load_run(run_dir)
@@ -503,6 +543,10 @@ def export_run(
         "path": str(run.path.resolve()),
         **{k: run.info.get(k) for k in ("finished_at", "steps", "samples", "world_size")},
     }
+    calibration = load_run_calibration(run.path)
+    has_binary = bool(calibrated_tasks(run.recipe)[0])
+    if calibration is None and has_binary:
+        log.warning("%s has no %s: exporting an uncalibrated model", run.path, CALIBRATION_FILE)
     return export_model(
         run.model,
         run.recipe,
@@ -519,4 +563,9 @@ def export_run(
         extra_files=extra_files,
         extra_manifest=extra_manifest,
         expect=expect,
+        calibration=calibration,
+        uncalibrated_reason=f"the run has no {CALIBRATION_FILE} (no held-out days to fit it on, or "
+        "recipe calibration.method none)"
+        if has_binary
+        else "the recipe has no binary task to calibrate",
     )

@@ -112,16 +112,17 @@ def weighted_auc(score: np.ndarray, label: np.ndarray, cluster_of_row: np.ndarra
 def weighted_c_index(
     time: np.ndarray, event: np.ndarray, risk: np.ndarray, cluster_of_row: np.ndarray
 ) -> Statistic:
-    """Harrell's C-index under cluster weights [b, K], as `recsys_mtl.metrics.c_index` counts it:
-    pair (i, j) comparable when T_i < T_j and i had its event, concordant when risk_i > risk_j, ties
-    in risk 1/2, ties in time not comparable. Per distinct event time u the subjects with their
-    event at u are the cases and those still at risk after u the controls: O(U n) per resample."""
+    """Harrell's C-index under cluster weights [b, K], as `recsys_mtl.metrics.c_index` counts it
+    (lifelines' convention): pair (i, j) comparable when i had its event and T_i < T_j, or T_i = T_j
+    and j is censored; concordant when risk_i > risk_j, ties in risk 1/2; two events at the same
+    time not comparable. Per distinct event time u the subjects with their event at u are the cases
+    and those that outlived u (later, or censored at u) the controls: O(U n) per resample."""
     t = np.asarray(time, dtype=np.float64)
     d = np.asarray(event) > 0
     r = np.asarray(risk, dtype=np.float64)
     per_time = []
     for u in np.unique(t[d]):
-        cases, later = d & (t == u), t > u
+        cases, later = d & (t == u), (t > u) | ((t == u) & ~d)
         if later.any():
             per_time.append(_Concordance(r[cases], cluster_of_row[cases], r[later], cluster_of_row[later]))
 

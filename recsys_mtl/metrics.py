@@ -5,8 +5,13 @@
 - GAUC: AUC per group (user) weighted by the group's rows; groups with one class are skipped
   (the GAUC of the industry papers: a per-user ranking that one heavy user cannot dominate).
 - logloss, ECE (equal-width bins, weighted by bin size) and the predicted/observed ratio.
-- Harrell's C-index: a pair (i, j) is comparable when T_i < T_j and i had the event; concordant
-  when risk_i > risk_j; ties in risk count one half (Harrell et al., 1982; the risk is 1 - S(horizon)).
+- Harrell's C-index in lifelines' convention (`lifelines.utils.concordance_index`, equal to it to
+  1e-12 on the same data): a pair (i, j) is comparable when i had the event and T_i < T_j, or
+  T_i = T_j and j was censored (a subject censored in the interval of an event survived it);
+  two events at the same time are not comparable; concordant when risk_i > risk_j; ties in risk
+  count one half (Harrell et al., 1982; the risk is 1 - S(horizon)).
+- Cumulative/dynamic AUC at a horizon with IPCW (Uno et al., 2007): how well the risk separates
+  the subjects that had the event by the horizon from those known to survive it.
 - Discrete-time survival: Kaplan-Meier curve, IPCW Brier score per interval and the integrated
   Brier score (the calibration and accuracy of predicted survival curves, not only their ranking).
 
@@ -112,7 +117,12 @@ def calibration(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> dict[str
 
 
 def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's concordance index (ties in risk count 1/2; ties in time are not comparable).
+    """Harrell's concordance index in lifelines' convention (`concordance_index(time, -risk, event)`).
+
+    Comparable pairs (i, j): i had its event and T_i < T_j, or T_i = T_j and j is censored (with
+    interval indexes: a subject censored in the interval of i's event survived that interval, the
+    product's convention, so it outlived i). Two events at the same time are not comparable, nor is
+    a pair whose earlier member is censored. Concordant when risk_i > risk_j; ties in risk count 1/2.
 
     Cost O(U * n log n) for U distinct event times: meant for discrete-time grids (U = intervals).
     """
@@ -122,7 +132,7 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     concordant = 0.0
     comparable = 0.0
     for u in np.unique(t[d]):
-        later = np.sort(r[t > u])
+        later = np.sort(r[(t > u) | ((t == u) & ~d)])
         if len(later) == 0:
             continue
         ri = r[d & (t == u)]
@@ -131,6 +141,54 @@ def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         concordant += below.sum() + 0.5 * tied.sum()
         comparable += len(ri) * len(later)
     return float(concordant / comparable) if comparable else float("nan")
+
+
+def cumulative_dynamic_auc(
+    interval: np.ndarray, event: np.ndarray, risk: np.ndarray, horizon: int | None = None
+) -> float:
+    """Time-dependent (cumulative/dynamic) AUC at the end of interval `horizon` (default: the last
+    interval with a label, i.e. the grid's horizon), with inverse-probability-of-censoring weights
+    (H. Uno, T. Cai, L. Tian, L. J. Wei, JASA 102(478), 2007; P. J. Heagerty, T. Lumley, M. S. Pepe,
+    Biometrics 56(2), 2000; scikit-survival's `cumulative_dynamic_auc`):
+
+        cases     event in an interval k <= horizon             weight 1 / G(k-)
+        controls  known alive at the end of horizon: k > horizon, or censored in horizon (weight 1)
+        AUC(h) = sum_cases sum_controls w_i [1(r_i > r_j) + 1/2 1(r_i = r_j)] / (sum_cases w_i * #controls)
+
+    G(k-) is the Kaplan-Meier probability of not being censored before interval k, as in
+    `brier_scores`. `risk` should be the predicted risk by the horizon (1 - S_horizon). NaN without
+    a case or a control. On the product's grids every subject has k <= L - 1, so at the grid's
+    horizon the controls are the subjects censored in the last interval (those that outlived it).
+    """
+    k = np.asarray(interval, dtype=np.int64)
+    d = np.asarray(event) > 0
+    r = np.asarray(risk, dtype=np.float64)
+    if len(k) == 0:
+        return float("nan")
+    h = int(k.max()) if horizon is None else int(horizon)
+    num = max(int(k.max()) + 1, h + 1)
+    inv_g = _inverse_censoring_before(k, d, num)
+    cases = d & (k <= h)
+    controls = (k > h) | (~d & (k == h))
+    if not cases.any() or not controls.any():
+        return float("nan")
+    w = inv_g[k[cases]]
+    ctrl = np.sort(r[controls])
+    below = np.searchsorted(ctrl, r[cases], side="left")
+    tied = np.searchsorted(ctrl, r[cases], side="right") - below
+    return float((w * (below + 0.5 * tied)).sum() / (w.sum() * len(ctrl)))
+
+
+def _inverse_censoring_before(k: np.ndarray, d: np.ndarray, num_intervals: int) -> np.ndarray:
+    """1 / G(l-) per interval l [L] (0 where G is 0): G(l-) = prod_{j<l} (1 - c_j), the Kaplan-Meier
+    probability of not being censored before l, c_j = censored in j / (k > j or censored in j)."""
+    n = len(k)
+    censored = np.bincount(k[~d], minlength=num_intervals)[:num_intervals].astype(np.float64)
+    beyond = n - np.cumsum(np.bincount(k, minlength=num_intervals)[:num_intervals])  # k > l
+    at_risk = beyond + censored
+    c = np.divide(censored, at_risk, out=np.zeros(num_intervals), where=at_risk > 0)
+    g_before = np.r_[1.0, np.cumprod(1.0 - c)[:-1]]
+    return np.divide(1.0, g_before, out=np.zeros(num_intervals), where=g_before > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,12 +240,7 @@ def brier_scores(interval: np.ndarray, event: np.ndarray, survival: np.ndarray) 
         return np.full(num_intervals, np.nan)
     k = np.asarray(interval, dtype=np.int64)
     d = np.asarray(event) > 0
-    censored = np.bincount(k[~d], minlength=num_intervals)[:num_intervals].astype(np.float64)
-    beyond = n - np.cumsum(np.bincount(k, minlength=num_intervals)[:num_intervals])  # k > l
-    at_risk = beyond + censored
-    c = np.divide(censored, at_risk, out=np.zeros(num_intervals), where=at_risk > 0)
-    g_before = np.r_[1.0, np.cumprod(1.0 - c)[:-1]]
-    inv_g = np.divide(1.0, g_before, out=np.zeros(num_intervals), where=g_before > 0)
+    inv_g = _inverse_censoring_before(k, d, num_intervals)
     grid = np.arange(num_intervals)
     dead = d[:, None] & (k[:, None] <= grid[None, :])
     alive = (k[:, None] > grid[None, :]) | (~d[:, None] & (k[:, None] == grid[None, :]))

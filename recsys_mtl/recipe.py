@@ -134,10 +134,18 @@ class TaskSpec(_Strict):
             them; ESMM trains CVR over all impressions this way.
             ``eval_on`` restricts evaluation rows (CVR is evaluated on clicked rows only).
     hazard  a discrete-time hazard over ``grid`` (interval boundaries t_0 < ... < t_L in ``unit``),
-            labelled by ``interval_column`` (0-based interval of the event or censoring) and
-            ``event_column`` (1 = event, 0 = censored), rows weighted by ``weight_column``.
-            ``subject_column`` identifies one survival subject (rows sharing it share the label;
-            evaluation counts each subject once); `Recipe.subject_column` gives the effective one.
+            labelled by ``interval_column`` (0-based interval of the event or censoring) or by
+            ``time_column`` (a duration in ``unit``, binned on the grid: `targets.interval_from_time`)
+            and ``event_column`` (1 = event, 0 = censored), rows weighted by ``weight_column``.
+            With ``time_column`` the grid may be ``grid_quantiles: L`` instead: 0 and the quantiles
+            of the training rows' event times, resolved once when training starts and written into
+            the run's recipe as a concrete ``grid`` (`recsys_mtl.label_counts.resolve_grids`).
+            ``label_cutoff`` says what the labels of training rows may reveal: "training_end" (the
+            default, the product's creative-day subjects) censors them as known at the end of the
+            last training day, "none" takes them as given (each row's follow-up is known, e.g. one
+            row per patient). ``subject_column`` identifies one survival subject (rows sharing it
+            share the label; evaluation counts each subject once); `Recipe.subject_column` gives
+            the effective one.
     """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -175,8 +183,26 @@ class TaskSpec(_Strict):
     )
     # --- hazard ---
     grid: list[float] | None = None
-    unit: Literal["days", "weeks", "hours"] = "days"
+    grid_quantiles: int | None = Field(
+        default=None,
+        ge=1,
+        description="With time_column, instead of grid: this many intervals, bounded by 0 and the "
+        "quantiles of the training rows' event times (resolved when training starts).",
+    )
+    unit: Literal["hours", "days", "weeks", "months", "years"] = Field(
+        default="days", description="Unit of grid and time_column; a month is 30.4375 days, a year 365.25."
+    )
+    label_cutoff: Literal["training_end", "none"] | None = Field(
+        default=None,
+        description="training_end (default): labels as known at the end of the last training day "
+        "(subjects that start on a day, like the product's creative-days; no look-ahead); none: "
+        "each row's follow-up is known and its label is taken as given (one row per subject).",
+    )
     interval_column: str | None = None
+    time_column: str | None = Field(
+        default=None,
+        description="Instead of interval_column: the event or censoring time in `unit`, binned on the grid.",
+    )
     event_column: str | None = None
     weight_column: str | None = None
     subject_column: str | None = Field(
@@ -196,7 +222,8 @@ class TaskSpec(_Strict):
     @property
     def label_columns(self) -> list[str]:
         if self.kind == "hazard":
-            return [c for c in (self.interval_column, self.event_column, self.weight_column) if c]
+            cols = (self.interval_column, self.time_column, self.event_column, self.weight_column)
+            return [c for c in cols if c]
         if self.label is None:
             return []
         return [self.label] if isinstance(self.label, str) else list(self.label)
@@ -206,15 +233,24 @@ class TaskSpec(_Strict):
         return self.hazard_head or "shared"
 
     @property
+    def label_cutoff_mode(self) -> str:
+        """The effective `label_cutoff` of a hazard task ("training_end" unless set)."""
+        return self.label_cutoff or "training_end"
+
+    @property
     def num_intervals(self) -> int:
-        assert self.grid is not None
+        if self.grid is None:
+            raise ValueError(
+                f"task '{self.name}': `grid_quantiles` is resolved from the training data when training "
+                "starts; use the recipe a run wrote (RUN/run.json), which holds the concrete `grid`"
+            )
         return len(self.grid) - 1
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> TaskSpec:
         if self.kind == "binary":
-            hazard_only = ("grid", "interval_column", "event_column", "weight_column", "subject_column")
-            for f in (*hazard_only, "hazard_head"):
+            hazard_only = ("grid", "grid_quantiles", "interval_column", "time_column", "event_column")
+            for f in (*hazard_only, "weight_column", "subject_column", "hazard_head", "label_cutoff"):
                 if getattr(self, f) is not None:
                     raise ValueError(f"`{f}` applies to hazard tasks, not to kind 'binary'")
             if self.label is None:
@@ -225,12 +261,27 @@ class TaskSpec(_Strict):
         for f in ("label", "product_of", "eval_on", "train_on"):
             if getattr(self, f) is not None:
                 raise ValueError(f"`{f}` applies to binary tasks, not to kind 'hazard'")
+        if (self.interval_column is None) == (self.time_column is None) or self.event_column is None:
+            raise ValueError(
+                "a hazard task needs `interval_column` (0-based interval indexes) or `time_column` "
+                "(durations in `unit`), exactly one of them, and `event_column`"
+            )
+        if self.grid_quantiles is not None:
+            if self.grid is not None:
+                raise ValueError("give either `grid` or `grid_quantiles`, not both")
+            if self.time_column is None:
+                raise ValueError(
+                    "`grid_quantiles` needs `time_column`: the quantiles are of event times, which "
+                    "interval indexes do not have"
+                )
+            return self
         if self.grid is None or len(self.grid) < 2:
-            raise ValueError("a hazard task needs `grid`: at least two increasing boundaries")
+            raise ValueError(
+                "a hazard task needs `grid` (at least two increasing boundaries) or, with "
+                "`time_column`, `grid_quantiles`"
+            )
         if any(b <= a for a, b in zip(self.grid, self.grid[1:], strict=False)):
             raise ValueError("`grid` boundaries must be strictly increasing")
-        if self.interval_column is None or self.event_column is None:
-            raise ValueError("a hazard task needs `interval_column` and `event_column`")
         return self
 
 
@@ -349,6 +400,13 @@ class TrainingSpec(_Strict):
         "C-index of hazard tasks), stop once it has not improved for this many epochs, and end "
         "with the best epoch's weights; `epochs` is then the maximum. None: no early stopping.",
     )
+    allow_untrained_tasks: bool = Field(
+        default=False,
+        description="False: a run in which a task with a loss weight keeps no training label (or "
+        "has a loss of exactly 0 for a whole epoch) fails, naming the task, the reason and the fix. "
+        "True: it trains anyway with a warning, and that task's head stays as initialised or "
+        "warm-started (e.g. a short smoke-test window shorter than a weekly grid's first week).",
+    )
 
 
 class DataSpec(_Strict):
@@ -452,6 +510,27 @@ class NightlySpec(_Strict):
     checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints (resume).")
 
 
+class CalibrationSpec(_Strict):
+    """How the binary tasks' probabilities are calibrated after training (`recsys_mtl.calibration`):
+    a strictly increasing map per binary head task, fitted on the held-out rows (`recsys-mtl train`:
+    the --eval-days; the nightly job: the validation day) and carried in the exported artifact;
+    product tasks are the product of their calibrated factors."""
+
+    method: Literal["isotonic", "platt", "none"] = Field(
+        default="isotonic",
+        description="isotonic: pool-adjacent-violators, interpolated in logit space; platt: logistic "
+        "regression on the logit; none: no map (the artifact is marked uncalibrated).",
+    )
+    folds: int = Field(
+        default=2, ge=2, le=10, description="Out-of-fold folds (by user) of the reported after-numbers."
+    )
+    min_positives: int = Field(
+        default=20,
+        ge=1,
+        description="Fewest positive (and negative) rows a task needs for a map; fewer: uncalibrated.",
+    )
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     features: list[FeatureSpec] = Field(min_length=1)
@@ -460,6 +539,7 @@ class Recipe(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     nightly: NightlySpec = Field(default_factory=NightlySpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
 
     @field_validator("features")
     @classmethod

@@ -3,7 +3,10 @@
 Per task (recipe order):
 - binary: `labels[t]` float 0/1; a list-of-columns label is their product (CTCVR = click AND
   conversion).
-- hazard: `labels[t]` int64 interval index, `events[t]` float 1/0 (0 = censored in that interval).
+- hazard: `labels[t]` int64 interval index, `events[t]` float 1/0 (0 = censored in that interval),
+  read from the task's `interval_column`, or binned from its `time_column` (`interval_from_time`);
+  under the task's `label_cutoff` "training_end" censored as known at the end of the last training
+  day (`censor_at_cutoff`), under "none" taken as given.
 - `weights[t]`: the row's loss weight: 0 where a label is missing or the row is outside the task's
   `train_on` sample space, times the task's `weight_column` (the per-creative CTR weight for hazard
   tasks).
@@ -46,14 +49,47 @@ def _num(table: pa.Table | pa.RecordBatch, col: str) -> tuple[np.ndarray, np.nda
     return np.where(valid, x, 0.0), valid
 
 
-UNIT_DAYS = {"days": 1.0, "weeks": 7.0, "hours": 1.0 / 24.0}
+# Days per grid unit. A month and a year are the Julian calendar's means (365.25 / 12 and 365.25
+# days), the usual convention of survival software for durations given in months or years.
+UNIT_DAYS = {"hours": 1.0 / 24.0, "days": 1.0, "weeks": 7.0, "months": 30.4375, "years": 365.25}
 DAY_COLUMN = "__day__"  # days since 1970-01-01 of each row's partition, added by the reader
+
+
+def interval_from_time(
+    grid: list[float] | np.ndarray, time: np.ndarray, event: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(interval, event, valid) of durations on a grid t_0 < ... < t_L (same unit as `time`).
+
+    The product's convention (docs/DESIGN.md, "The hazard label convention") has intervals
+    (t_k, t_{k+1}] and reads "censored in interval k" as "survived interval k". So:
+
+    - an event at t in (t_k, t_{k+1}] is an event in k (at exactly t_0: in interval 0);
+    - a censoring at t counts the intervals that had fully elapsed by t: censored in the largest k
+      with t_{k+1} <= t (survived k). A censoring before t_1 says nothing the likelihood can use
+      and is no label (valid False), as under a label cutoff (`censor_at_cutoff`);
+    - a time beyond t_L, event or not, is censored in the last interval (survived the horizon);
+    - a time below t_0, negative, NaN or missing is no label.
+    """
+    b = np.asarray(grid, dtype=np.float64)
+    last = len(b) - 2
+    t = np.asarray(time, dtype=np.float64)
+    d = np.asarray(event, dtype=bool)
+    ok = np.asarray(valid, dtype=bool) & np.isfinite(t) & (t >= b[0]) & (t >= 0)
+    # event: first k with t <= t_{k+1}; censoring: intervals whose end is <= t, minus one
+    k_event = np.searchsorted(b[1:], t, side="left")
+    k_censor = np.searchsorted(b[1:], t, side="right") - 1
+    beyond = t > b[-1]
+    d = d & ~beyond
+    k = np.where(d, k_event, np.minimum(k_censor, last))
+    ok &= k >= 0
+    return np.where(ok, np.clip(k, 0, last), 0).astype(np.int64), d & ok, ok
 
 
 def censor_at_cutoff(
     task: TaskSpec, interval: np.ndarray, event: np.ndarray, observable_days: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Survival labels as they were known at a label cutoff (no look-ahead).
+    """Survival labels as they were known at a label cutoff (no look-ahead; for tasks whose
+    `label_cutoff` is "training_end").
 
     A subject whose origin is the start of its day was observable for `observable_days` days at the
     cutoff (the end of the last training day). Intervals that had not fully elapsed by then are not
@@ -80,12 +116,18 @@ def _task_targets(
         out.labels[task.name] = torch.from_numpy(y.astype(np.float32))
         w = valid.astype(np.float32)
     else:
-        assert task.interval_column and task.event_column
-        k, ok_k = _num(table, task.interval_column)
+        assert task.event_column and task.grid is not None
         d, ok_d = _num(table, task.event_column)
-        valid = ok_k & ok_d & (k >= 0) & (k < task.num_intervals)
-        event = d > 0
-        if observable_days is not None:
+        if task.time_column:
+            time, ok_t = _num(table, task.time_column)
+            k_int, event, valid = interval_from_time(task.grid, time, d > 0, ok_t & ok_d)
+            k = k_int.astype(np.float64)
+        else:
+            assert task.interval_column
+            k, ok_k = _num(table, task.interval_column)
+            valid = ok_k & ok_d & (k >= 0) & (k < task.num_intervals)
+            event = d > 0
+        if observable_days is not None and task.label_cutoff_mode == "training_end":
             k, event, seen = censor_at_cutoff(task, k, event, observable_days)
             valid &= seen
         out.labels[task.name] = torch.from_numpy(np.where(valid, k, 0).astype(np.int64))
@@ -110,11 +152,13 @@ def targets_from_table(
 ) -> Targets:
     """Targets of every task for the rows of `table` (vectorised; no per-row Python).
 
-    With `label_cutoff`, hazard labels are censored as of the end of that day (`censor_at_cutoff`);
-    the table must then carry the reader's `__day__` column.
+    With `label_cutoff`, the labels of hazard tasks whose `label_cutoff` is "training_end" are
+    censored as of the end of that day (`censor_at_cutoff`); the table must then carry the reader's
+    `__day__` column. Tasks with `label_cutoff: none` keep their labels as given.
     """
     observable = None
-    if label_cutoff is not None and any(t.kind == "hazard" for t in recipe.tasks):
+    cut = [t for t in recipe.tasks if t.kind == "hazard" and t.label_cutoff_mode == "training_end"]
+    if label_cutoff is not None and cut:
         day = table.column(DAY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
         cutoff = (label_cutoff - dt.date(1970, 1, 1)).days
         observable = cutoff - day + 1.0

@@ -60,6 +60,7 @@ from recsys_mtl.distributed import (
     shard_model,
     shutdown,
 )
+from recsys_mtl.label_counts import check_labels, count_labels, describe_counts, resolve_grids, resolved_grids
 from recsys_mtl.models import build_model
 from recsys_mtl.partitions import DataError, inspect_partitions, list_partitions
 from recsys_mtl.reader import ParquetReader
@@ -94,6 +95,9 @@ class TrainConfig:
     evaluate: bool = True
     log_every: int = 20
     log_seconds: float = 10.0  # a loss / throughput line in the log this often, bar or no bar
+    # True: a task that keeps no training label only warns (the recipe's
+    # training.allow_untrained_tasks, set from the command line); False: the recipe decides
+    allow_untrained_tasks: bool = False
 
 
 @dataclass
@@ -183,6 +187,14 @@ def _start_or_resume(
         return run_recipe, FeatureTransform.from_spec(info["transform"]), split
     _prepare_out(cfg, ctx)
     split = split_days(recipe, cfg)
+    # grid_quantiles -> a concrete grid from the training days, before anything builds a model; the
+    # run's recipe (run.json) keeps the grid, so export, serving and evaluation read it as given
+    train_files = inspect_partitions(recipe, cfg.data_dir, split.train[0], split.train[-1])
+    resolved = resolve_grids(recipe, train_files, split.train[-1])
+    if ctx.is_main:
+        for name, grid in resolved_grids(recipe, resolved).items():
+            log.info("task %s: grid from the training event-time quantiles: %s", name, grid)
+    recipe = resolved
     transform = fit_transform(recipe, cfg, split)
     if ctx.is_main:
         write_json_atomic(
@@ -273,6 +285,19 @@ def _set_up(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> _Run:
         # hazard labels as they were known at the end of the last training day: no look-ahead
         label_cutoff=split.train[-1],
     )
+    # Fail before the first step when a task would keep no label (its loss would be 0 at every
+    # step); every rank counts the same files, so every rank raises alike (no collective needed).
+    counts = count_labels(recipe, reader.files, split.train[-1])
+    if ctx.is_main:
+        log.info("training labels (hazard labels as known at the end of %s):", split.train[-1])
+        for line in describe_counts(counts):
+            log.info("%s", line)
+    if cfg.allow_untrained_tasks and not recipe.training.allow_untrained_tasks:
+        training = recipe.training.model_copy(update={"allow_untrained_tasks": True})
+        recipe = recipe.model_copy(update={"training": training})
+    for problem in check_labels(recipe, counts, split.train):  # raises unless allow_untrained_tasks
+        if ctx.is_main:
+            log.warning("%s Training anyway (training.allow_untrained_tasks).", problem)
     steps_per_epoch = _steps_per_epoch(reader)
     if steps_per_epoch == 0:
         raise DataError(f"fewer than one batch of {bs} rows per rank in the training days", cfg.data_dir)
@@ -414,6 +439,8 @@ def _finish(run: _Run, loop: TrainingLoop, cfg: TrainConfig, ctx: DistContext) -
     dist.barrier()
     if cfg.evaluate and run.split.eval and ctx.is_main:
         info["metrics"] = evaluate_run(cfg.out, run.split)
+    elif ctx.is_main and not run.split.eval:
+        log.info("calibration: no map (no held-out days to fit it on); an export is marked uncalibrated")
     dist.barrier()
     return info
 
@@ -447,14 +474,41 @@ def _finished_info(
 
 
 def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
-    """Evaluate a finished run on its held-out days and write RUN/metrics.json."""
-    from recsys_mtl.evaluation import evaluate
+    """Evaluate a finished run on its held-out days and write RUN/metrics.json; fit the
+    calibration map on the same rows (recipe `calibration`) and write RUN/calibration.json, with
+    the binary tasks' after-calibration metrics out-of-fold (`recsys_mtl.calibration`)."""
+    from recsys_mtl.calibration import CALIBRATION_FILE, fit_and_report
+    from recsys_mtl.evaluation import compute_metrics, evaluation_reader, expert_usage, predict
     from recsys_mtl.run import load_run
 
     run = load_run(run_dir)
-    log.info("evaluating on held-out days %s", [d.isoformat() for d in split.eval])
-    metrics = evaluate(
-        run.model, run.recipe, run.transform, run.info["data"]["dir"], start=split.eval[0], end=split.eval[-1]
+    days = [d.isoformat() for d in split.eval]
+    log.info("evaluating on held-out days %s", days)
+    reader = evaluation_reader(
+        run.recipe, run.info["data"]["dir"], transform=run.transform, start=split.eval[0], end=split.eval[-1]
+    )
+    preds = predict(run.model, reader)
+    experts = expert_usage(run.model, reader, 20)
+    held = fit_and_report(run.recipe, preds, days)
+    cal = held.calibration
+    (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)  # a resumed run's older map is stale
+    info = None
+    if cal is None:
+        none = run.recipe.calibration.method == "none"
+        why = "recipe calibration.method is none" if none else "no binary task"
+        log.info("calibration: none (%s)", why)
+    else:
+        cal.save(run_dir / CALIBRATION_FILE)
+        info = {"method": cal.method, "kind": "out_of_fold", "folds": run.recipe.calibration.folds}
+        info["fitted_on_days"] = days
+        log.info("calibration: %s maps for %s fitted on %s", cal.method, sorted(cal.maps), days)
+    metrics = compute_metrics(
+        run.recipe,
+        preds,
+        experts,
+        calibrated=held.out_of_fold,
+        calibrated_ranking=held.applied,
+        calibration_info=info,
     )
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics

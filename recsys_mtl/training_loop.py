@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from recsys_mtl.checkpoint import load_model_weights, save_training_checkpoint
 from recsys_mtl.distributed import DistContext
+from recsys_mtl.label_counts import LabelError
 from recsys_mtl.models import total_loss
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe
@@ -196,6 +197,10 @@ class TrainingLoop:
         self._window: dict[str, float] = {}
         self._window_steps = 0
         self._postfix: dict[str, str] = {}
+        # per task, the sum of |loss| since the epoch started (the zero-loss check, `_check_losses`)
+        self._epoch_abs_loss: dict[str, float] = {}
+        self._epoch_steps = 0
+        self._losses_checked = False
 
     # -- what the loop measured --------------------------------------------------------------
 
@@ -256,11 +261,41 @@ class TrainingLoop:
                     self._log_progress()
                     bar.update(1)
                     self._after_step(bar)
+            if self._epoch_steps and not self._losses_checked:
+                self._check_losses()  # a run shorter than an epoch (--max-steps): judge what it ran
             if self.early is not None:
                 epoch, rest = divmod(self.step, self.steps_per_epoch)
                 self.early.restore_best(self.model, epoch if rest == 0 else -1, self.ctx)
         finally:
             bar.close()
+
+    def _check_losses(self) -> None:
+        """Raise `LabelError` when a task's loss was exactly 0 at every step since the epoch began,
+        on every rank: no row weighed in its loss, so its head learned nothing (`recsys_mtl.
+        label_counts.check_labels` catches most such tasks before the first step; this catches the
+        rest, e.g. labels present but never inside the task's sample space in the rows read).
+        All ranks reach it at the same step and decide on the summed losses, so all raise alike."""
+        names = sorted(self._epoch_abs_loss)
+        if not names:
+            return
+        sums = torch.tensor([self._epoch_abs_loss[n] for n in names], dtype=torch.float64)
+        dist.all_reduce(sums)
+        steps, epoch = self._epoch_steps, -(-self.step // self.steps_per_epoch)
+        self._epoch_abs_loss, self._epoch_steps, self._losses_checked = {}, 0, True
+        dead = [n for n, v in zip(names, sums.tolist(), strict=True) if v == 0.0]
+        if not dead:
+            return
+        message = (
+            f"task(s) {dead}: the loss was exactly 0 at every one of the {steps} step(s) of epoch "
+            f"{epoch}, on every rank: no training row had a label that weighs in the loss, so the "
+            "head learned nothing. Fix: check the task's labels against the data (`recsys-mtl "
+            "summary` counts the hazard labels left after the label cutoff), its `label_cutoff` "
+            "(`none` when each row's follow-up is known), `train_on` and `weight_column`."
+        )
+        if not self.recipe.training.allow_untrained_tasks:
+            raise LabelError(message)
+        if self.ctx.is_main:
+            log.warning("%s Training anyway (training.allow_untrained_tasks).", message)
 
     def _train_step(self, batch: Any) -> None:
         """One optimizer step on one batch; its losses go into the current logging window."""
@@ -275,8 +310,11 @@ class TrainingLoop:
         window = self._window
         window["loss"] = window.get("loss", 0.0) + float(loss.detach())
         for k, v in per_task.items():
-            window[k] = window.get(k, 0.0) + float(v.detach())
+            value = float(v.detach())
+            window[k] = window.get(k, 0.0) + value
+            self._epoch_abs_loss[k] = self._epoch_abs_loss.get(k, 0.0) + abs(value)
         self._window_steps += 1
+        self._epoch_steps += 1
         if not math.isfinite(window["loss"]):
             raise FloatingPointError(
                 f"loss is {window['loss']} at step {self.step}; lower the learning rates"
@@ -309,6 +347,8 @@ class TrainingLoop:
 
     def _after_step(self, bar: tqdm) -> None:
         """A periodic checkpoint, and at the end of each epoch the early-stopping validation."""
+        if self.step % self.steps_per_epoch == 0:
+            self._check_losses()
         if self.step % self.every == 0 and self.step < self.total_steps:
             self.save_checkpoint()
         if self.early is not None and self.step % self.steps_per_epoch == 0:

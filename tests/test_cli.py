@@ -54,3 +54,15 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert col in header
     diff = float(out.split("max |server - offline scorer| over these scores: ")[1].split()[0])
     assert diff < 1e-5
+    # the first screen says in words how to read the numbers and whether each task beat chance
+    assert "How to read the table above" in out and "lift on the held-out day: ctr " in out
+
+
+def test_demo_lift_verdict_names_a_task_at_chance() -> None:
+    from recsys_mtl.cli.demo import lift_verdict
+
+    good = {"tasks": {"ctr": {"oracle_lift": 0.7}, "hazard_short": {"oracle_lift": 0.4}}}
+    assert lift_verdict(good).endswith("every task ranks better than chance")
+    bad = {"tasks": {"ctr": {"oracle_lift": 0.7}, "hazard_short": {"oracle_lift": -0.11}, "cvr": {}}}
+    line = lift_verdict(bad)
+    assert "hazard_short -0.11" in line and line.endswith("NOT above chance: hazard_short, cvr")

@@ -37,12 +37,12 @@ from recsys_mtl.models import build_model
 from recsys_mtl.recipe import Recipe, RecipeError, recipe_from_dict
 from recsys_mtl.synth import SynthConfig, generate
 
-BINARY_KEYS = {"auc", "gauc", "logloss", "ece", "pred_obs_ratio", "rows"}
+BINARY_KEYS = {"auc", "gauc", "logloss", "ece", "pred_obs_ratio", "reliability", "rows"}
 BINARY_ORACLE_KEYS = {
     *("oracle_auc", "oracle_gauc", "oracle_logloss", "oracle_lift"),
     *("expected_auc", "oracle_expected_auc", "expected_lift"),
 }
-HAZARD_KEYS = {"c_index", "creatives", "events", "ibs", "calibration"}
+HAZARD_KEYS = {"c_index", "td_auc", "subjects", "subject_column", "creatives", "events", "ibs", "calibration"}
 HAZARD_ORACLE_KEYS = {
     *("oracle_c_index", "oracle_lift", "oracle_ibs"),
     *("expected_auc", "oracle_expected_auc", "expected_lift"),

@@ -82,6 +82,7 @@ def _test_recipe(recipe: Recipe, path: Path, **training: object) -> Path:
             f["hash_size"] = min(f["hash_size"], 4099)
     d["model"] = {"type": "mmoe", "num_experts": 3, "expert_hidden": [32], "tower_hidden": [16]}
     d["training"].update({"batch_size": 512, "epochs": 2, "shuffle_buffer": 10_000, **training})
+    d["training"]["allow_untrained_tasks"] = True  # a 2-day window: no full week for hazard_long
     d["nightly"] = {
         "window_days": 2,
         "checkpoint_every": 4,
@@ -300,6 +301,12 @@ def test_a_promote_between_gate_and_publish_is_a_conflict(env: Env, recipe: Reci
     reg = Registry(env.registry)
     gated = gate_day(cfg)
     assert isinstance(gated, GatedRun) and gated.serving_version == "2", gated
+    # the gate judged the new model as its artifact will serve it: with the day's calibration map
+    # (ctcvr = ctr x cvr is the product of two mapped factors, whose ranking the maps change)
+    metrics = json.loads((gated.run_dir / "metrics.json").read_text())["tasks"]
+    judged = {r["task"]: r["new"] for r in gated.decision["rows"]}
+    for task in ("ctr", "ctcvr"):
+        assert judged[task] == pytest.approx(metrics[task]["calibrated"]["auc"], abs=1e-9), task
     reg.promote(NAME, "1")  # an operator, while the job was about to publish
     out = publish_gated(cfg, gated)
     assert out.code == EXIT_CONFLICT == 5, out

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model from a recipe on Parquet days, sharded with TorchRec"),
     "evaluate": ("evaluate", "evaluate a trained run on Parquet days: AUC, GAUC, calibration, C-index"),
     "export": ("export", "export a trained run to the model registry as TorchScript (fp32 or int8)"),
+    "predict": ("predict", "write per-row scores of every task to Parquet, from a run or a registry version"),
     "serve": ("serve", "serve registry models over HTTP: POST /score, A/B variants, hot reload"),
     "nightly": ("nightly", "the nightly job: validate, train, gate against serving, publish, report"),
     "rollback": ("rollback", "point a model's current version back and record it as rolled back"),

@@ -7,6 +7,12 @@ On synthetic data (with `oracle_*` columns) every task also gets the oracle's me
 oracle_lift = (model - 0.5) / (oracle - 0.5): 0 is chance, 1 is the best any model can reach.
 The run's own recipe and feature transform (with its dense statistics) are used.
 
+Calibration: when the run has a map (RUN/calibration.json, fitted on its held-out days), each
+binary task is also reported after it: ECE, pred/obs, logloss, AUC and a reliability table (10
+equal-count bins: mean predicted, observed rate, rows), before -> after. On the days the map was
+fitted on, the after-numbers are out-of-fold (folds by user, each calibrated by a map fitted on the
+others); on any other day the saved map is applied as the exported model applies it.
+
 Prints a compact table; --out also writes the full metrics as JSON (no NaN: undefined is null).
 
 example:
@@ -29,10 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="last day (YYYY-MM-DD, inclusive); default: the last partition")
     p.add_argument("--batch-size", type=int, help="rows per forward pass (default: the recipe's)")
     p.add_argument("--out", help="write the metrics JSON here (e.g. metrics.json)")
+    p.add_argument(
+        "--no-calibration", action="store_true", help="ignore the run's calibration map (raw scores only)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.atomic_files import write_json_atomic
+    from recsys_mtl.calibration import load_run_calibration
     from recsys_mtl.evaluation import evaluate, format_metrics
     from recsys_mtl.run import load_run
 
@@ -44,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(FileNotFoundError(f"{args.data}: data directory does not exist"))
     try:
         loaded = load_run(args.run)
+        calibration = None if args.no_calibration else load_run_calibration(args.run)
         metrics = evaluate(
             loaded.model,
             loaded.recipe,
@@ -52,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             start=args.start,
             end=args.end,
             batch_size=args.batch_size,
+            calibration=calibration,
         )
     except (OSError, ValueError) as e:  # RunError, RecipeError, DataError, TransformError
         return fail(e)

@@ -87,6 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the recipe's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-untrained-tasks",
+        action="store_true",
+        help="train even when a task keeps no training label (e.g. a window shorter than a hazard "
+        "grid's first interval): a warning instead of the error; that task's head stays untrained "
+        "(the recipe's training.allow_untrained_tasks)",
+    )
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         warm_start=args.warm_start,
         checkpoint_every=args.checkpoint_every,
+        allow_untrained_tasks=args.allow_untrained_tasks,
     )
     try:
         recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
