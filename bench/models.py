@@ -55,6 +55,7 @@ from recsys_mtl.cli.train import train_command
 from recsys_mtl.recipe import keep_tasks
 from recsys_mtl.run import read_run_info
 from recsys_mtl.synth import SCHEMA, SynthConfig, generate
+from recsys_mtl.targets import UNIT_DAYS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).with_name("recsys-mtl")
@@ -277,10 +278,10 @@ def decompose(run_dir: Path, data: Path, cfg: SynthConfig) -> dict[str, Any]:
         if t.kind != "hazard" or t.name not in preds.oracle:
             continue
         assert t.grid is not None
-        width = {"days": 1, "weeks": 7}.get(t.unit, 1)
         # intervals that some training label can reach: subjects of the first training day were
         # observable for n_train_days days at the cutoff (recsys_mtl.targets.censor_at_cutoff)
-        k = max(1, min(t.num_intervals, n_train_days // width))
+        ends = np.asarray(t.grid[1:], dtype=np.float64) * UNIT_DAYS[t.unit]
+        k = max(1, min(t.num_intervals, int(np.searchsorted(ends, n_train_days, side="right"))))
         ct = per_creative(t.name, preds)
         assert ct.oracle is not None
         risk_k = 1.0 - np.prod(1.0 - ct.hazard[:, :k], axis=1)

@@ -462,3 +462,25 @@ def test_allow_untrained_tasks_turns_the_failure_into_a_warning(patients: Path) 
     counts = count_labels(recipe, inspect_partitions(recipe, patients, TRAIN_DAY, TRAIN_DAY), day)
     [problem] = check_labels(recipe, counts, [day])
     assert problem.startswith("task 'death' has no training label: all")
+
+
+def test_the_nightly_job_refuses_a_quantile_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A quantile grid would be resolved anew each night from that night's window: the serving,
+    gated and warm-started models could then score different intervals under one task name. The
+    nightly command refuses it before any work, naming the field and the fix; a fixed grid passes
+    this check (and fails later only for its missing data)."""
+    import yaml
+
+    from recsys_mtl.cli import main as cli_main
+
+    def nightly(task: dict[str, Any]) -> int:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(survival_recipe(**task), sort_keys=False))
+        args = ["nightly", "--date", "2026-01-02", "--recipe", str(path), "--data", str(tmp_path / "none")]
+        return cli_main([*args, "--registry", str(tmp_path / "registry"), "--work", str(tmp_path / "work")])
+
+    assert nightly({"grid": None, "grid_quantiles": 4}) == 2
+    err = capsys.readouterr().err
+    assert "tasks.death.grid_quantiles" in err and "needs a fixed grid" in err and "run.json" in err
+    assert nightly({}) == 2  # the fixed grid gets past the recipe check to the data check
+    assert "data directory does not exist" in capsys.readouterr().err

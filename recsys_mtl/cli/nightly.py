@@ -23,8 +23,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys_mtl.cli.common import DEFAULT_RECIPE, add_recipe_argument, fail
+
+if TYPE_CHECKING:
+    from recsys_mtl.recipe import Recipe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +50,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show the training progress bar")
 
 
+def check_fixed_grids(recipe: Recipe, source: Path) -> None:
+    """RecipeError for a hazard task with `grid_quantiles`: each night would resolve its grid
+    anew from that night's window, so the model warm-started from, gated against and replacing the
+    serving one could score different intervals under the same task name. A nightly recipe names
+    its grid (copy the one a trial run resolved: run.json's recipe, tasks[...].grid)."""
+    from recsys_mtl.recipe import RecipeError
+
+    for t in recipe.tasks:
+        if t.grid_quantiles is not None:
+            raise RecipeError(
+                f"{source}: tasks.{t.name}.grid_quantiles: the nightly job needs a fixed grid (a "
+                "quantile grid would change from night to night under the serving model); set "
+                f"`grid:` to the boundaries a training run resolved (its run.json, task '{t.name}')"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.recipe import RecipeError, load_recipe
     from recsys_mtl.registry import RegistryError, check_name
@@ -60,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         recipe = load_recipe(recipe_path)
         name = check_name("model name", args.name or recipe.name)
+        check_fixed_grids(recipe, recipe_path)
     except (RecipeError, RegistryError) as e:
         return fail(e)
     if not args.data.is_dir():

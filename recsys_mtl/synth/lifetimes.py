@@ -1,5 +1,6 @@
 """Creative lifetimes: the true daily discontinuation hazard, lifetimes drawn from it, censoring at
-the end of the observed window, and the residual-lifetime survival labels and oracle hazards of each
+the end of the observation (`window_end`: the generator passes the last generated day plus
+`label_follow_up_days`), and the residual-lifetime survival labels and oracle hazards of each
 survival subject.
 
 Time is in days from the creative's launch ("age"). Launches (`world.py`) and stops are whole days: a
@@ -209,7 +210,8 @@ def draw_lifetimes(
     rng: np.random.Generator,
     chunk: int = 32_768,
 ) -> Lifetimes:
-    """Draw each creative's lifetime from its daily hazard and censor it at the window end.
+    """Draw each creative's lifetime from its daily hazard and censor it at `window_end` (the
+    generator's: the end of its days plus the label follow-up).
 
     The stop day D is drawn by inverting the cumulative hazard ``H(a) = sum_{j<=a} -log(1 - h(j))``
     at an Exp(1) draw (D = first a with H(a) >= E, exact for a discrete hazard). The creative stops
