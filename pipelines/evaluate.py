@@ -52,21 +52,13 @@ def evaluate_pair(
     new_preds = predict(run.model, reader)
     experts = expert_usage(run.model, reader, diagnostics_batches)
     held = fit_and_report(run.recipe, new_preds, [day.isoformat()])
-    info = None
-    if held.calibration is not None:
-        info = {
-            "method": held.calibration.method,
-            "kind": "out_of_fold",
-            "folds": run.recipe.calibration.folds,
-        }
-        info["fitted_on_days"] = [day.isoformat()]
     new_metrics = compute_metrics(
         run.recipe,
         new_preds,
         experts,
         calibrated=held.out_of_fold,
         calibrated_ranking=held.applied,
-        calibration_info=info,
+        calibration_info=held.metrics_info(),
     )
     if serving_version is None:
         return EvaluatedPair(new_preds, new_metrics, experts, None, None, held)

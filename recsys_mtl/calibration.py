@@ -502,6 +502,15 @@ class HeldOutCalibration:
     out_of_fold: dict[str, np.ndarray]
     applied: dict[str, np.ndarray]
 
+    def metrics_info(self) -> dict[str, Any] | None:
+        """metrics.json's top-level `calibration` entry for these after-numbers (None: no map)."""
+        cal = self.calibration
+        if cal is None:
+            return None
+        folds = (cal.report or {}).get("folds")
+        days = list(cal.fitted_on.get("days") or [])
+        return {"method": cal.method, "kind": "out_of_fold", "folds": folds, "fitted_on_days": days}
+
 
 def fit_and_report(recipe: Recipe, preds: Any, days: Sequence[str] = ()) -> HeldOutCalibration:
     """The map to save (`fit_calibration`, on all rows) with its out-of-fold before/after summary

@@ -492,15 +492,12 @@ def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
     held = fit_and_report(run.recipe, preds, days)
     cal = held.calibration
     (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)  # a resumed run's older map is stale
-    info = None
     if cal is None:
         none = run.recipe.calibration.method == "none"
         why = "recipe calibration.method is none" if none else "no binary task"
         log.info("calibration: none (%s)", why)
     else:
         cal.save(run_dir / CALIBRATION_FILE)
-        info = {"method": cal.method, "kind": "out_of_fold", "folds": run.recipe.calibration.folds}
-        info["fitted_on_days"] = days
         log.info("calibration: %s maps for %s fitted on %s", cal.method, sorted(cal.maps), days)
     metrics = compute_metrics(
         run.recipe,
@@ -508,7 +505,7 @@ def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
         experts,
         calibrated=held.out_of_fold,
         calibrated_ranking=held.applied,
-        calibration_info=info,
+        calibration_info=held.metrics_info(),
     )
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics
