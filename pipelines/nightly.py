@@ -59,7 +59,7 @@ from recsys_mtl.registry import PromoteConflict, Registry, RegistryError, Rolled
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, RunError, latest_checkpoint, read_run_info
 
 if TYPE_CHECKING:  # imported where the job evaluates: the CLI's --help stays light
-    from pipelines.evaluate import EvaluatedPair
+    from pipelines.new_vs_serving import EvaluatedPair
     from recsys_mtl.evaluation import Predictions
 
 log = logging.getLogger("pipelines.nightly")
@@ -235,7 +235,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
         _write_state(cfg, "train_failed", exit_code=rc)
         return Outcome(EXIT_ERROR if rc != EXIT_BAD_INPUT else EXIT_BAD_INPUT, f"training failed (exit {rc})")
 
-    from pipelines.evaluate import evaluate_pair
+    from pipelines.new_vs_serving import evaluate_pair
 
     with steps.step("evaluate", f"new vs serving ({serving_version or 'none'}) on all rows of {cfg.day}"):
         pair = evaluate_pair(cfg.recipe, run_dir, reg, cfg.name, serving_version, cfg.data_dir, cfg.date)

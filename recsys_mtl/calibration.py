@@ -38,7 +38,7 @@ not the map reading its own labels; the after-AUC is that of the saved map, whic
 rows (`fit_and_report` gives both: `HeldOutCalibration`).
 
 Who calls what: `recsys_mtl.trainer.evaluate_run` (RUN/calibration.json after `recsys-mtl train`),
-`pipelines.evaluate.evaluate_pair` (the nightly job, on day D), `recsys_mtl.evaluation.evaluate`
+`pipelines.new_vs_serving.evaluate_pair` (the nightly job, on day D), `recsys_mtl.evaluation.evaluate_days`
 (before/after of a saved map), `recsys_mtl.export` (`CalibratedModel` around the scripted model).
 
 calibration.json (RUN/calibration.json; also the manifest's `calibration` entry):

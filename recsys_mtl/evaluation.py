@@ -534,7 +534,7 @@ def expert_usage(model: torch.nn.Module, reader: ParquetReader, batches: int) ->
     return expert_diagnostics(model, inputs)  # type: ignore[arg-type]
 
 
-def evaluate(
+def evaluate_days(
     model: torch.nn.Module,
     recipe: Recipe,
     transform: FeatureTransform | None,

@@ -1,5 +1,5 @@
 """Evaluation: metrics on hand-built predictions (against scikit-learn and hand computations), the
-per-subject survival metrics (a subject: a creative on a day), the JSON shape, and `evaluate` end to
+per-subject survival metrics (a subject: a creative on a day), the JSON shape, and `evaluate_days` end to
 end on generated data with an untrained model and with the oracle itself as the model."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from recsys_mtl.evaluation import (
     Predictions,
     compute_metrics,
-    evaluate,
+    evaluate_days,
     evaluation_columns,
     evaluation_reader,
     format_metrics,
@@ -355,7 +355,7 @@ def untrained(recipe: Recipe) -> torch.nn.Module:
 def test_evaluate_untrained_model_end_to_end(
     recipe: Recipe, synth_dir: Path, untrained: torch.nn.Module
 ) -> None:
-    m: dict[str, Any] = evaluate(untrained, recipe, None, synth_dir, batch_size=4096)
+    m: dict[str, Any] = evaluate_days(untrained, recipe, None, synth_dir, batch_size=4096)
     json.dumps(m, allow_nan=False)
     assert set(m) == {"tasks", "experts"}
     assert list(m["tasks"]) == [t.name for t in recipe.tasks]
@@ -405,7 +405,7 @@ def test_evaluate_on_data_with_some_oracle_columns(
     recipe: Recipe, data_dir: Path, untrained: torch.nn.Module
 ) -> None:
     # conftest's hand-made data has oracle_ctr only (and nulls, NaN, odd values in the features)
-    m = evaluate(untrained, recipe, None, data_dir, diagnostics_batches=0)
+    m = evaluate_days(untrained, recipe, None, data_dir, diagnostics_batches=0)
     json.dumps(m, allow_nan=False)
     assert "oracle_auc" in m["tasks"]["ctr"] and "oracle_auc" not in m["tasks"]["ctcvr"]
     assert "oracle_c_index" not in m["tasks"]["hazard_short"]

@@ -11,7 +11,7 @@ DMP, 1 process, the recipe's optimizers; in this process, one run after another)
   1. train on the train day, validating on the validation day after every epoch; early stopping on
      the mean validation AUC of the model's tasks (recipe `training.early_stopping_patience`), the
      best epoch's weights restored (`recsys_mtl.trainer`);
-  2. evaluate once on the test day (`recsys_mtl.evaluation.evaluate`): test AUC per task.
+  2. evaluate once on the test day (`recsys_mtl.evaluation.evaluate_days`): test AUC per task.
 Models: `configs/census_income.yaml` with its `model` section replaced by each entry of
 `bench/census/models.yaml`; `single_task` is trained once per task on a recipe with that task alone.
 Seeds 0..N-1 set `training.seed` (weight init and shuffling); the data split never changes.
@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench.census` importable
 
 from bench.census.convert import DAYS, DEFAULT_SRC, LABELS, convert  # noqa: E402
 from recsys_mtl.cli import quiet_third_party  # noqa: E402
-from recsys_mtl.evaluation import evaluate  # noqa: E402
+from recsys_mtl.evaluation import evaluate_days  # noqa: E402
 from recsys_mtl.recipe import Recipe, keep_tasks, recipe_from_dict  # noqa: E402
 from recsys_mtl.run import load_run  # noqa: E402
 from recsys_mtl.trainer import TrainConfig, train  # noqa: E402
@@ -159,7 +159,9 @@ def run_one(
     if test:
         run = load_run(run_dir)
         torch.set_num_threads(threads)
-        metrics = evaluate(run.model, run.recipe, run.transform, data, start=DAYS["test"], end=DAYS["test"])
+        metrics = evaluate_days(
+            run.model, run.recipe, run.transform, data, start=DAYS["test"], end=DAYS["test"]
+        )
         res["test_auc"] = {t: m["auc"] for t, m in metrics["tasks"].items()}
         res["test_logloss"] = {t: m["logloss"] for t, m in metrics["tasks"].items()}
         res["experts"] = metrics.get("experts") or {}

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.atomic_files import write_json_atomic
     from recsys_mtl.calibration import load_run_calibration
-    from recsys_mtl.evaluation import evaluate, format_metrics
+    from recsys_mtl.evaluation import evaluate_days, format_metrics
     from recsys_mtl.run import load_run
 
     if args.batch_size is not None and args.batch_size < 1:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_run(args.run)
         calibration = None if args.no_calibration else load_run_calibration(args.run)
-        metrics = evaluate(
+        metrics = evaluate_days(
             loaded.model,
             loaded.recipe,
             loaded.transform,
