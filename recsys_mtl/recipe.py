@@ -417,6 +417,14 @@ class DataSpec(_Strict):
         default="creative_id", description="The item (ad creative); survival subjects default to it."
     )
     partition: str = Field(default="dt", description="Hive partition key of the day directories.")
+    holdout_items: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of items (by a stable hash of `item_column`) never trained on: their "
+        "rows are dropped from training and validation, and evaluation reports them as new items "
+        "beside the known ones (a cold-start measurement; keep 0 for a model you ship).",
+    )
 
 
 class ValidationSpec(_Strict):
