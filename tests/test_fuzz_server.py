@@ -1,6 +1,6 @@
 """Property-based fuzzing of `POST /score` on a REAL `recsys-mtl serve` process (issue 12).
 
-Hypothesis draws request bodies inside and outside the request schema (tests/fuzz_strategies.py:
+Hypothesis draws request bodies inside and outside the request schema (tests/fuzz/:
 valid and perturbed JSON, JSON broken at the byte level, valid and mutated Arrow IPC streams, bad
 offsets, random schemas, compression bombs, header and size variants) and sends each one to one
 server, started once for the module on a small real model in a real registry. Every answer must
@@ -54,7 +54,7 @@ from hypothesis import strategies as st
 from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe
 from serving.request import ARROW_STREAM, JSON
-from tests import fuzz_strategies as fs
+from tests import fuzz as fs
 from tests.serving_support import NAME, Server, publish, serve, small_recipe, write_config
 
 pytestmark = pytest.mark.slow
