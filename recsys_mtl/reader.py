@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from recsys_mtl.partitions import DataError, ParquetFileInfo, inspect_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.targets import DAY_COLUMN, Targets, targets_from_table
-from recsys_mtl.transform import FeatureBatch, FeatureTransform
+from recsys_mtl.transform import FeatureBatch, FeatureTransform, TransformError
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,12 @@ class ParquetReader:
             raise DataError(f"cannot read row group {u.row_group} ({e})", u.info.path) from None
         if (u.start, u.stop) != (0, t.num_rows):
             t = t.slice(u.start, u.stop - u.start)
+        if self.transform.vector_features:  # checked here, while a row index still means the file's
+            try:
+                self.transform.check_vectors(t)
+            except TransformError as e:
+                at = f"row {u.start + e.row}" if e.row is not None else f"rows {u.start}-{u.stop - 1}"
+                raise DataError(f"row group {u.row_group}, {at}: {e.message}", u.info.path, e.field) from None
         if self.label_cutoff is not None:
             day = (u.info.day - dt.date(1970, 1, 1)).days
             t = t.append_column(DAY_COLUMN, pa.array(np.full(t.num_rows, day, np.int32)))
