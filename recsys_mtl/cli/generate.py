@@ -3,7 +3,8 @@
 One row is one impression of an ad creative to a user, with the columns the ads_ranker recipe reads:
 user, creative and context features, behaviour sequences, the click and conversion labels, the
 creative's discontinuation labels on a daily (14 days) and a weekly (16 weeks) grid, and `oracle_*`
-columns holding the true probabilities and hazards (for evaluation only, never features).
+columns holding the true probabilities and hazards (for evaluation only, never features); and the
+creative's content vector `creative_content` (what an image/text encoder would store per creative).
 
     recsys-mtl generate --out data/ --rows 1000000 --days 7 --seed 0
 
@@ -81,6 +82,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rarity.add_argument(
         "--cvr-bias", dest="cvr_bias", type=float, help="explicit CVR logit bias instead of --conversion-rate"
+    )
+    content = parser.add_argument_group(
+        "creative content",
+        "creative_content: a vector per creative, as an image/text encoder would store it, made from\n"
+        "the creative's hidden attributes (latent vector, format, category and quality effects,\n"
+        "discontinuation drivers) by a fixed random projection plus independent noise",
+    )
+    content.add_argument(
+        "--content-dim",
+        dest="content_dim",
+        type=int,
+        help="dimensions of the creative_content vector; 0 writes no creative_content column",
+    )
+    content.add_argument(
+        "--content-signal",
+        dest="content_signal",
+        type=float,
+        help="share of each dimension's variance from the creative's attributes, in [0, 1] (0: pure noise)",
+    )
+    content.add_argument(
+        "--content-missing-rate",
+        dest="content_missing_rate",
+        type=float,
+        help="share of creatives, chosen by the seed, whose creative_content is null",
     )
     life = parser.add_argument_group("creative lifetimes")
     life.add_argument(

@@ -7,7 +7,7 @@ and creative-discontinuation hazards, written as day-partitioned Parquet with `o
 The generator's model, equation by equation: (docs/METHODS.md, "Synthetic data").
 """
 
-from recsys_mtl.synth.generate import SCHEMA, OutputExistsError, generate
+from recsys_mtl.synth.generate import SCHEMA, OutputExistsError, generate, synth_schema
 from recsys_mtl.synth.lifetimes import HazardParams, Lifetimes, ctr_weights, draw_lifetimes
 from recsys_mtl.synth.world import SynthConfig, World, build_world
 
@@ -22,4 +22,5 @@ __all__ = [
     "ctr_weights",
     "draw_lifetimes",
     "generate",
+    "synth_schema",
 ]

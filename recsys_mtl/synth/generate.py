@@ -18,6 +18,12 @@ serve them: no look-ahead, so they are legitimate features at serving time. They
 model predict the discontinuation hazard of a creative it has not seen stop (the true hazard rises
 with exposure and falls with CTR quality), instead of memorising stop times through the creative id.
 
+Content vectors: each row carries its creative's content vector (`creative_content`,
+``fixed_size_list<float32>[content_dim]``, null for the seeded `content_missing_rate` of creatives
+without one; no column when ``content_dim`` is 0), what an image/text encoder would store per
+creative (`world.content_vectors`). It is taken from the world's per-creative matrix and draws
+nothing from the chunk streams, so every other column is the same with or without it.
+
 Survival labels belong to a subject, one creative on one day (`lifetimes.py`): every row of creative
 i on day d carries the subject id ``hazard_subject = i * SUBJECT_DAY_STRIDE + d`` (unique for any
 vocabulary, `world.SUBJECT_DAY_STRIDE`), the residual-lifetime labels from the start of day d and the
@@ -38,6 +44,7 @@ The generator's model, equation by equation: (docs/METHODS.md, "Synthetic data")
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -82,7 +89,7 @@ logger = logging.getLogger(__name__)
 # RNG streams of a chunk: default_rng([seed, day, chunk, stream])
 CORE_STREAM = 1
 REST_STREAM = 2
-# world_rng parts used here (world.py uses 1..5)
+# world_rng parts used here (world.py uses 1..5 and CONTENT_PART = 8)
 _LIFETIME_PART = 6
 _CALIBRATION_PART = 7
 _CALIBRATION_ROWS = 100_000
@@ -90,7 +97,7 @@ _ACTIVITY_NULL_RATE = 0.01
 _OTHER_DEVICE_RATE = 0.15
 METADATA_FILE = "_synth.json"  # '_' prefix: Parquet dataset readers skip it
 
-SCHEMA = pa.schema(
+_BASE_SCHEMA = pa.schema(
     [
         # --- features ---
         ("user_id", pa.int64()),
@@ -131,12 +138,38 @@ SCHEMA = pa.schema(
         ("oracle_risk_long", pa.float32()),
     ]
 )
-# Dictionary-encode the id, string, small-int label and sequence columns (few distinct values, or
-# values repeated across rows); not the float columns, where it costs time and saves nothing. With
-# zstd this writes about 3x faster than pyarrow's defaults at about the same size.
-_DICTIONARY_COLUMNS = [
-    f.name for f in SCHEMA if not pa.types.is_floating(f.type) and f.type != pa.list_(pa.float32())
-]
+CONTENT_COLUMN = "creative_content"
+_CONTENT_AFTER = "creative_ctr_to_date"  # the content column follows the creative features
+
+
+@functools.cache
+def synth_schema(content_dim: int) -> pa.Schema:
+    """The columns written with `content_dim` (`SynthConfig.content_dim`): `creative_content`, a
+    ``fixed_size_list<float32>[content_dim]``, after the creative features; none when it is 0."""
+    if content_dim == 0:
+        return _BASE_SCHEMA
+    at = _BASE_SCHEMA.get_field_index(_CONTENT_AFTER) + 1
+    return _BASE_SCHEMA.insert(at, pa.field(CONTENT_COLUMN, pa.list_(pa.float32(), content_dim)))
+
+
+SCHEMA = synth_schema(SynthConfig().content_dim)
+"""The columns of the default config (a `creative_content` of 32 floats); `synth_schema` for others."""
+
+
+def _is_float_values(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return pa.types.is_floating(t)
+
+
+@functools.cache
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode the id, string, small-int label and sequence columns (few distinct values, or
+    values repeated across rows); not the float columns and float lists, where it costs time and saves
+    nothing. With zstd this writes about 3x faster than pyarrow's defaults at about the same size."""
+    return [f.name for f in schema if not _is_float_values(f.type)]
+
+
 _FORMAT_VALUES = pa.array(FORMATS, pa.string())
 _DEVICE_VALUES = pa.array(DEVICES, pa.string())
 
@@ -377,6 +410,16 @@ def _fixed_lists(matrix: np.ndarray) -> pa.Array:
     return _list_array(offsets, matrix.ravel(), pa.float32())
 
 
+def _content_array(world: World, creative: np.ndarray) -> pa.Array:
+    """The `creative_content` column of rows of `creative`: a numpy take of the per-creative matrix
+    into one flat float32 buffer, null where the creative has no vector."""
+    matrix = world.creative_content
+    values = matrix.take(creative, axis=0).reshape(-1)
+    missing = world.creative_content_missing.take(creative)
+    mask = pa.array(missing) if missing.any() else None
+    return pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float32()), matrix.shape[1], mask=mask)
+
+
 def chunk_table(
     world: World,
     life: Lifetimes,
@@ -387,7 +430,8 @@ def chunk_table(
     chunk: int,
     n: int,
 ) -> pa.Table:
-    """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with `SCHEMA`.
+    """Pass 2: chunk `chunk` of day `plan.day` in full, as an Arrow table with
+    ``synth_schema(cfg.content_dim)``.
     `row_weight` is `subject_weights` of the day, `stats` the creatives' statistics before it
     (`CreativeStats.columns`)."""
     day = plan.day
@@ -421,6 +465,7 @@ def chunk_table(
         pa.array(bid.astype(np.float32)),
         pa.array(stats[0][i]),
         pa.array(stats[1][i]),
+        *([_content_array(world, i)] if cfg.content_dim > 0 else []),
         pa.array(core.position),
         pa.array(core.hour),
         _DEVICE_VALUES.take(pa.array(core.device)),
@@ -440,7 +485,7 @@ def chunk_table(
         pa.array(sub.risk_short),
         pa.array(sub.risk_long),
     ]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+    return pa.Table.from_arrays(columns, schema=synth_schema(cfg.content_dim))
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,9 +497,10 @@ class _PartWriter:
     """Writes one day's tables into part-00000.parquet, part-00001.parquet, ... of at most
     `rows_per_file` rows each (one row group per chunk, split at file boundaries)."""
 
-    def __init__(self, day_dir: Path, rows_per_file: int) -> None:
+    def __init__(self, day_dir: Path, rows_per_file: int, schema: pa.Schema) -> None:
         self.day_dir = day_dir
         self.rows_per_file = rows_per_file
+        self.schema = schema
         self.files: list[Path] = []
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_file = 0
@@ -465,7 +511,7 @@ class _PartWriter:
             if self._writer is None:
                 path = self.day_dir / f"part-{len(self.files):05d}.parquet"
                 self._writer = pq.ParquetWriter(
-                    path, SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS
+                    path, self.schema, compression="zstd", use_dictionary=_dictionary_columns(self.schema)
                 )
                 self.files.append(path)
                 self._rows_in_file = 0
@@ -577,7 +623,7 @@ def _write_days(
             plan = day_plan(world, life, day)
             row_weight = subject_weights(counts, subject_weight, day)
             day_stats = stats.columns()
-            writer = _PartWriter(day_dir, cfg.rows_per_file)
+            writer = _PartWriter(day_dir, cfg.rows_per_file, synth_schema(cfg.content_dim))
             writers.append(writer)
             sizes = chunk_sizes(cfg, day)
             for chunk, n in enumerate(sizes):
