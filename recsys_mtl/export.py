@@ -19,7 +19,8 @@ manifest.json (kind "recsys-mtl-model", manifest_version 1):
     outputs       model output key -> {shape: ["N"] | ["N", L], dtype, task}
     tasks         [{name, kind, has_head, product_of, category, grid, unit, num_intervals, outputs}]
     grids         hazard task -> {grid, unit, num_intervals}
-    inputs        {columns (raw columns a request needs), sparse_keys, dense_features}
+    inputs        {columns (raw columns a request needs), sparse_keys, dense_features,
+                   vector_features (name -> dim)}
     transform     FeatureTransform.spec() (with the dense statistics fitted in training)
     recipe        the full recipe (model, features, tasks, training options)
     model         {type, parameters}
@@ -357,6 +358,7 @@ def _manifest(
             "columns": transform.input_columns,
             "sparse_keys": transform.sparse_keys,
             "dense_features": transform.dense_names,
+            "vector_features": {f.name: f.dim for f in transform.vector_features},
         },
         "transform": transform.spec(),
         "recipe": recipe.to_dict(),

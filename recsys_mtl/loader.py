@@ -117,8 +117,8 @@ def synthetic_columns(transform: FeatureTransform, n: int, seed: int = 0) -> dic
 
     Used as the golden request stored in the manifest (the server re-scores it before serving) and
     for warm-up. The rows exercise the awkward paths: a missing id (-> row 0), unknown strings,
-    empty and over-long lists; dense values are finite (JSON has no NaN; the transform's NaN
-    handling is tested on its own).
+    empty and over-long lists, a missing vector; dense values are finite (JSON has no NaN; the
+    transform's NaN handling is tested on its own).
     """
     rng = np.random.default_rng(seed)
     cols: dict[str, list[Any]] = {}
@@ -139,6 +139,12 @@ def synthetic_columns(transform: FeatureTransform, n: int, seed: int = 0) -> dic
             if n > 1:
                 vals[1] = None  # a missing value
             cols[f.source] = vals
+        elif f.kind == "vector":
+            assert f.dim is not None
+            vecs: list[Any] = np.round(rng.normal(0.0, 1.0, (n, f.dim)), 6).tolist()
+            if n > 2 and f.missing == "zeros":
+                vecs[2] = None  # a missing vector: zeros plus the indicator
+            cols[f.source] = vecs
         else:
             max_len = int(f.max_len or 1)
             lens = rng.integers(0, max_len + 3, n)  # some empty, some truncated

@@ -93,6 +93,11 @@ def _type_ok(kind: str, t: pa.DataType, value_type: str = "int") -> bool:
         return True
     if kind == "dense":
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    if kind == "vector":
+        if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+            return False
+        v = t.value_type
+        return pa.types.is_integer(v) or pa.types.is_floating(v) or pa.types.is_null(v)
     if kind == "label":
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
     if kind in ("multi_id", "sequence"):
@@ -107,6 +112,7 @@ def _type_ok(kind: str, t: pa.DataType, value_type: str = "int") -> bool:
 def _expected(kind: str, value_type: str) -> str:
     return {
         "dense": "numbers",
+        "vector": "vectors (fixed_size_list<float> or list<float>)",
         "label": "numbers (0/1 labels, indexes or weights)",
         "id": f"{value_type} ids",
         "multi_id": f"lists of {value_type} ids",

@@ -8,7 +8,7 @@ expected, so a user never meets a KeyError deep inside training.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,10 +47,16 @@ class FeatureSpec(_Strict):
       sequence  a behaviour sequence (list, newest first), kept unpooled for attention;
                 truncated to ``max_len``
       dense     a float
+      vector    a fixed-length float vector (``dim`` values, e.g. a creative's image/text
+                embedding from a pretrained encoder), read through a learned linear projection
+                into ``embedding_dim`` columns of the shared input
+
+    The dense input the model reads is the scalar ``dense`` features (recipe order), then each
+    ``vector`` feature's block of ``dense_width`` columns (recipe order): `dense_layout`.
     """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    kind: Literal["id", "multi_id", "sequence", "dense"]
+    kind: Literal["id", "multi_id", "sequence", "dense", "vector"]
     column: str | None = Field(default=None, description="Parquet column; defaults to `name`.")
     group: Literal["user", "item", "context"] = "user"
     # --- categorical ---
@@ -64,7 +70,9 @@ class FeatureSpec(_Strict):
     vocabulary: list[int] | list[str] | None = Field(
         default=None, description="Explicit vocabulary: values outside it map to the reserved row 0."
     )
-    embedding_dim: int | None = Field(default=None, ge=1)
+    embedding_dim: int | None = Field(
+        default=None, ge=1, description="Embedding width; for a vector feature, its projection's width."
+    )
     pooling: Literal["sum", "mean"] = "sum"
     max_len: int | None = Field(default=None, ge=1, description="Truncation length of list features.")
     # --- dense ---
@@ -72,6 +80,16 @@ class FeatureSpec(_Strict):
     log: bool = Field(default=False, description="Apply sign(x) * log1p(|x|) before standardising.")
     clip: float | None = Field(default=None, gt=0, description="Clip |x| after standardising.")
     stats: DenseStats | None = None
+    # --- vector ---
+    dim: int | None = Field(default=None, ge=1, description="Values per row of a vector feature.")
+    normalize: Literal["none", "l2"] = Field(
+        default="none", description="Vector features: `l2` scales each vector to unit length."
+    )
+    missing: Literal["zeros", "error"] = Field(
+        default="zeros",
+        description="Vector features: `zeros` reads a null vector as zeros plus a per-feature "
+        "missing indicator column the model sees (1 when missing); `error` refuses null vectors.",
+    )
 
     @property
     def source(self) -> str:
@@ -83,16 +101,45 @@ class FeatureSpec(_Strict):
 
     @property
     def is_sparse(self) -> bool:
-        return self.kind != "dense"
+        return self.kind in ("id", "multi_id", "sequence")
+
+    @property
+    def dense_width(self) -> int:
+        """Columns this feature occupies in the dense input: 1 for a scalar, ``dim`` (+1 missing
+        indicator under ``missing: zeros``) for a vector, 0 for a categorical feature."""
+        if self.kind == "dense":
+            return 1
+        if self.kind == "vector":
+            assert self.dim is not None
+            return self.dim + (1 if self.missing == "zeros" else 0)
+        return 0
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> FeatureSpec:
         if self.source.startswith("oracle_"):
             raise ValueError("oracle_* columns are ground truth for evaluation, never features")
+        # (compared with the defaults, not `model_fields_set`: a manifest's spec dumps every field)
+        changed = {n for n, info in type(self).model_fields.items() if getattr(self, n) != info.default}
+        if self.kind != "vector":
+            for f in ("dim", "normalize", "missing"):
+                if f in changed:
+                    raise ValueError(f"`{f}` applies to vector features, not to kind '{self.kind}'")
         if self.kind == "dense":
             for f in ("hash_size", "vocabulary", "embedding_dim", "max_len", "table"):
                 if getattr(self, f) is not None:
                     raise ValueError(f"`{f}` applies to categorical features, not to kind 'dense'")
+            return self
+        if self.kind == "vector":
+            for f in ("hash_size", "vocabulary", "max_len", "table", "stats", "clip"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"`{f}` does not apply to kind 'vector'")
+            for f in ("default", "log", "value_type", "pooling"):
+                if f in changed:
+                    raise ValueError(f"`{f}` does not apply to kind 'vector'")
+            if self.dim is None:
+                raise ValueError("a 'vector' feature needs `dim` (values per row)")
+            if self.embedding_dim is None:
+                raise ValueError("a 'vector' feature needs `embedding_dim` (the width of its projection)")
             return self
         if self.hash_size is None and self.vocabulary is None:
             raise ValueError(f"a '{self.kind}' feature needs `hash_size` or `vocabulary`")
@@ -117,6 +164,17 @@ class FeatureSpec(_Strict):
             return len(self.vocabulary) + 1
         assert self.hash_size is not None
         return self.hash_size
+
+
+def dense_layout(features: Sequence[FeatureSpec]) -> dict[str, tuple[int, int]]:
+    """Feature name -> (first column, width) in the dense input: the scalar features in order, then
+    each vector feature's block. The one definition the transform, the model and the towers share."""
+    out: dict[str, tuple[int, int]] = {}
+    col = 0
+    for f in [*(f for f in features if f.kind == "dense"), *(f for f in features if f.kind == "vector")]:
+        out[f.name] = (col, f.dense_width)
+        col += f.dense_width
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,13 +638,13 @@ class Recipe(_Strict):
             if first.vocabulary != f.vocabulary:
                 raise ValueError(f"features sharing table '{f.table_name}' must share `vocabulary`")
         names = {t.name for t in self.tasks}
-        dense = {f.name for f in self.dense_features}
+        dense = set(self.dense_layout)
         for t in self.tasks:
             for name in t.tower_features:
                 if name not in dense:
                     raise ValueError(
-                        f"task '{t.name}': tower_features names '{name}', which is not a dense feature "
-                        f"of the recipe (dense: {sorted(dense)})"
+                        f"task '{t.name}': tower_features names '{name}', which is not a dense or "
+                        f"vector feature of the recipe (those: {sorted(dense)})"
                     )
             if t.tower_features and t.product_of:
                 raise ValueError(f"task '{t.name}': a product_of task has no tower for tower_features")
@@ -626,7 +684,17 @@ class Recipe(_Strict):
 
     @property
     def dense_features(self) -> list[FeatureSpec]:
+        """The scalar dense features (not vectors)."""
         return [f for f in self.features if f.kind == "dense"]
+
+    @property
+    def vector_features(self) -> list[FeatureSpec]:
+        return [f for f in self.features if f.kind == "vector"]
+
+    @property
+    def dense_layout(self) -> dict[str, tuple[int, int]]:
+        """Feature name -> (first column, width) in the model's dense input (`dense_layout`)."""
+        return dense_layout(self.features)
 
     @property
     def head_tasks(self) -> list[TaskSpec]:

@@ -14,6 +14,12 @@ Rules (README, "Bring your own data" and "The feature transform"):
   A null list is an empty list; a null element inside a list maps to row 0.
 - dense values: missing, NaN and +-inf become the feature's `default`; then optional signed log1p,
   standardisation with stored statistics, and clipping. Nothing non-finite reaches the model.
+- vector values (`fixed_size_list<number>` or `list<number>`, `dim` per row): a row of the wrong
+  length, a null or non-finite element is a `TransformError` naming the column and the row (for a
+  request, the candidate index): a vector is an encoder's output, so a broken one is a broken
+  pipeline, not a value to guess. A null vector is zeros plus a missing indicator column of 1
+  (`missing: zeros`) or an error (`missing: error`); `normalize: l2` scales rows to unit length.
+  The dense tensor holds the scalar features, then each vector's block (`recipe.dense_layout`).
 
 All work is columnar (pyarrow compute + numpy); there is no Python loop over rows. Whatever goes
 wrong with one feature's raw values is a `TransformError` naming its column.
@@ -34,7 +40,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.hashing import hash_ints, hash_strings, salt_for, to_rows
 from recsys_mtl.ids import IdError, int_ids, string_ids
-from recsys_mtl.recipe import DenseStats, FeatureSpec, Recipe
+from recsys_mtl.recipe import DenseStats, FeatureSpec, Recipe, dense_layout
 
 SPEC_VERSION = 1
 
@@ -42,12 +48,14 @@ Columns = pa.Table | pa.RecordBatch | Mapping[str, Any]
 
 
 class TransformError(ValueError):
-    """Raw input that cannot be transformed; `field` names the offending feature column."""
+    """Raw input that cannot be transformed; `field` names the offending feature column and `row`,
+    where one row is at fault, its index in the batch (for a request: the candidate index)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, row: int | None = None) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.row = row
 
 
 @dataclass
@@ -55,7 +63,7 @@ class FeatureBatch:
     """Model inputs for a batch of rows: sparse ids (KJT keyed by feature name) and dense floats."""
 
     sparse: KeyedJaggedTensor
-    dense: torch.Tensor  # [batch, num_dense] float32
+    dense: torch.Tensor  # [batch, dense width] float32: scalars, then vector blocks (dense_layout)
     _row_offsets: torch.Tensor | None = field(default=None, repr=False)  # [keys, rows + 1], lazy
 
     @property
@@ -162,9 +170,12 @@ class FeatureTransform:
     def __init__(self, features: Sequence[FeatureSpec]) -> None:
         self.features: list[FeatureSpec] = list(features)
         self.sparse_features = [f for f in self.features if f.is_sparse]
-        self.dense_features = [f for f in self.features if not f.is_sparse]
+        self.dense_features = [f for f in self.features if f.kind == "dense"]  # scalars
+        self.vector_features = [f for f in self.features if f.kind == "vector"]
         self.sparse_keys: list[str] = [f.name for f in self.sparse_features]
         self.dense_names: list[str] = [f.name for f in self.dense_features]
+        self.dense_layout = dense_layout(self.features)
+        self.dense_width: int = sum(f.dense_width for f in (*self.dense_features, *self.vector_features))
         self._salts = {f.name: salt_for(f.table_name) for f in self.sparse_features}
         self._vocab: dict[str, pa.Array] = {
             f.name: pa.array(f.vocabulary, type=self._value_arrow_type(f))
@@ -247,7 +258,16 @@ class FeatureTransform:
                     col = _column(columns, f.source)
                     n = self._check_len(f, col, n)
                     dense_cols.append(self._dense(f, col))
-        dense = np.stack(dense_cols, axis=1) if dense_cols else np.zeros((n, 0), np.float32)
+        blocks = [np.stack(dense_cols, axis=1)] if dense_cols else []
+        for f in self.vector_features:
+            with _naming(f):
+                if f.source in shared:
+                    blocks.append(np.repeat(self._vector(f, self._one(shared, f)), n, axis=0))
+                else:
+                    col = _column(columns, f.source)
+                    n = self._check_len(f, col, n)
+                    blocks.append(self._vector(f, col))
+        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
         sparse = KeyedJaggedTensor(
             keys=self.sparse_keys,
             values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
@@ -338,3 +358,66 @@ class FeatureTransform:
         if f.clip is not None:
             x = np.clip(x, -f.clip, f.clip)
         return x.astype(np.float32)
+
+    # ---- vector ----
+    def check_vectors(self, columns: Columns) -> None:
+        """Raise the `TransformError` (with its `row`) the transform would raise on these rows' vector
+        columns. The reader runs it on each row group as read, where a row index still points into
+        the file (after the shuffle it would not)."""
+        for f in self.vector_features:
+            with _naming(f):
+                self._vector(f, _column(columns, f.source))
+
+    @staticmethod
+    def _vector(f: FeatureSpec, col: pa.Array) -> np.ndarray:
+        """[rows, dense_width] float32: each row's vector (L2-normalised on request), then the missing
+        indicator under `missing: zeros`. Checks are columnar; errors name the first bad row."""
+        assert f.dim is not None
+        d, n = f.dim, len(col)
+        out = np.zeros((n, d), np.float32)
+        missing = np.ones(n, bool)
+        t = col.type
+        if not pa.types.is_null(t):
+            if pa.types.is_fixed_size_list(t) and t.list_size != d:
+                raise TransformError(f.source, f"has vectors of {t.list_size} values, expected {d} (dim)")
+            if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+                raise TransformError(f.source, f"expected a vector (a list of {d} numbers) per row, got {t}")
+            vt = t.value_type
+            if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_null(vt)):
+                raise TransformError(f.source, f"expected vectors of numbers, got lists of {vt}")
+            lists = col.cast(pa.large_list(pa.float64())) if not pa.types.is_fixed_size_list(t) else col
+            missing = lists.is_null().to_numpy(zero_copy_only=False)
+            if not pa.types.is_fixed_size_list(t):
+                ln = pc.list_value_length(lists).fill_null(d).to_numpy(zero_copy_only=False)
+                bad = np.flatnonzero(ln != d)
+                if bad.size:
+                    i = int(bad[0])
+                    raise TransformError(
+                        f.source,
+                        f"row {i} has {int(ln[i])} values, expected {d} (dim); {bad.size} such row(s)",
+                        i,
+                    )
+            flat = lists.flatten()  # the present rows' values, slicing and null rows accounted for
+            present = np.flatnonzero(~missing)
+            if flat.null_count:
+                k = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+                i = int(present[k // d])
+                raise TransformError(f.source, f"row {i} has a null value inside its vector", i)
+            x = flat.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(-1, d)
+            finite = np.isfinite(x).all(axis=1)
+            if not finite.all():
+                i = int(present[np.flatnonzero(~finite)[0]])
+                raise TransformError(
+                    f.source, f"row {i} has a NaN or infinite value; {int((~finite).sum())} such row(s)", i
+                )
+            if f.normalize == "l2":
+                x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            out[present] = x
+        if f.missing == "error":
+            if missing.any():
+                i = int(np.flatnonzero(missing)[0])
+                raise TransformError(
+                    f.source, f"row {i} has no vector (missing: error); {int(missing.sum())} such row(s)", i
+                )
+            return out
+        return np.concatenate([out, missing[:, None].astype(np.float32)], axis=1)

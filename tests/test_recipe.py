@@ -54,7 +54,11 @@ BAD = [
     # (edit path, value, text the error must contain)
     ("features.0.hash_size", -3, "features.0.hash_size: Input should be greater than or equal to 2"),
     ("features.0.embedding_dim", "wide", "features.0.embedding_dim: Input should be a valid integer"),
-    ("features.0.kind", "idd", "features.0.kind: Input should be 'id', 'multi_id', 'sequence' or 'dense'"),
+    (
+        "features.0.kind",
+        "idd",
+        "features.0.kind: Input should be 'id', 'multi_id', 'sequence', 'dense' or 'vector'",
+    ),
     ("features.0.hahs_size", 10, "features.0.hahs_size: Extra inputs are not permitted"),
     ("features.5.max_len", _DELETE, "features.5: a 'sequence' feature needs `max_len`"),
     ("features.0.embedding_dim", _DELETE, "features.0: a 'id' feature needs `embedding_dim`"),

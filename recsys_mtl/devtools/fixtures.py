@@ -46,6 +46,11 @@ def make_raw_table(recipe: Recipe, n: int, seed: int = 0) -> pa.Table:
             x[rng.random(n) < 0.02] = np.nan
             x[rng.random(n) < 0.01] = np.inf
             cols[f.source] = pa.array(x, mask=rng.random(n) < 0.02)
+        elif f.kind == "vector":
+            assert f.dim is not None
+            flat = pa.array(rng.normal(0, 1, n * f.dim).astype(np.float32))
+            mask = pa.array(rng.random(n) < 0.05) if f.missing == "zeros" else None  # some missing
+            cols[f.source] = pa.FixedSizeListArray.from_arrays(flat, f.dim, mask=mask)
         elif f.kind == "id" and f.value_type == "string":
             choices = np.array([*(f.vocabulary or ["ios", "android", "web"]), "never-seen"])
             cols[f.source] = pa.array(rng.choice(choices, n), mask=rng.random(n) < 0.02)

@@ -25,6 +25,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.models.cross import CrossNetwork
+from recsys_mtl.models.dense_input import DenseInput
 from recsys_mtl.models.dtrn import DTRN
 from recsys_mtl.models.embeddings import SparseArch
 from recsys_mtl.models.heads import TaskHeads
@@ -48,8 +49,9 @@ Internals = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, to
 class TowerInput(nn.Module):
     """What a task's tower reads: the backbone's representation of the task, detached when the
     task does not train the shared layers (`trains_shared: false`), and concatenated with the
-    recipe's `tower_features`, columns of the dense input (a side input, as in wide & deep's wide
-    part: the tower sees those statistics directly, not only through the shared layers). With
+    recipe's `tower_features`, raw columns of the dense input (a vector feature: its whole block,
+    missing indicator included), a side input as in wide & deep's wide part: the tower sees those
+    statistics (or that content) directly, not only through the shared layers. With
     `reads_backbone: false` the tower reads the side input alone.
 
     Why: a task whose labels are shared by every row of one item over many days (a creative's
@@ -84,6 +86,7 @@ class MultiTaskModel(nn.Module):
 
     Attributes:
         sparse_arch: the TorchRec embedding collections (`SparseArch`).
+        dense_input: scalar dense features as they are, vector features projected (`DenseInput`).
         bottom: optional DCN-v2 cross layers (``cross_layers``), then a shared MLP on the flat
             input (identity when both are off; DTRN keeps its bottom inside the backbone,
             applied to each task's r_t).
@@ -104,9 +107,11 @@ class MultiTaskModel(nn.Module):
         head_tasks: list[str],
         model_type: str,
         backbone_tasks: list[str] | None = None,
+        dense_input: DenseInput | None = None,
     ) -> None:
         super().__init__()
         self.sparse_arch = sparse_arch
+        self.dense_input = dense_input if dense_input is not None else nn.Identity()
         self.flat_input: bool = bottom is not None
         self.bottom = bottom if bottom is not None else nn.Identity()
         self.backbone = backbone
@@ -136,11 +141,12 @@ class MultiTaskModel(nn.Module):
     def forward_with_internals(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> Internals:
         """(outputs, gates {key: [B, n] weights}, experts {name: [B, d] activations})."""
         fields, sequences, masks = self.sparse_arch(sparse)
+        shared_dense = self.dense_input(dense)  # towers' side features read the raw `dense`
         if self.flat_input:  # build-time constant: every backbone but DTRN reads one flat x
-            x = self.bottom(torch.cat([*fields, dense], dim=1))
+            x = self.bottom(torch.cat([*fields, shared_dense], dim=1))
             reprs, gates, experts = self.backbone(x)
         else:
-            reprs, gates, experts = self.backbone(fields, sequences, masks, dense)
+            reprs, gates, experts = self.backbone(fields, sequences, masks, shared_dense)
         towers: dict[str, torch.Tensor] = {}
         for t in self.head_tasks:  # a build-time list: FX unrolls it, TorchScript sees no branch
             # a task that does not read the backbone has no representation there: its
@@ -185,7 +191,8 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     # the backbone (gates, task and category experts) is built for the tasks that read it only:
     # a `reads_backbone: false` task would leave its gates and own experts untrained
     names = [t.name for t in heads_tasks if t.reads_backbone]
-    dense_dim = len(recipe.dense_features)
+    dense_input = DenseInput(list(recipe.features))
+    dense_dim = dense_input.out_dim
     is_dtrn = isinstance(opts, DTRNOptions)
     arch = SparseArch(recipe, unpooled_sequences=is_dtrn, device=embedding_device)
     bottom: nn.Module | None = None
@@ -222,11 +229,13 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
         else:  # pragma: no cover - the recipe's discriminated union has no other member
             raise ValueError(f"unknown model type {opts.type!r}")
     out_dims: dict[str, int] = backbone.out_dims  # type: ignore[assignment]
-    dense_names = [f.name for f in recipe.dense_features]  # the dense input's column order
+    layout = recipe.dense_layout  # a vector tower feature is its whole block of raw columns
     tower_inputs = nn.ModuleDict(
         {
             t.name: TowerInput(
-                [dense_names.index(f) for f in t.tower_features], not t.trains_shared, t.reads_backbone
+                [c for f in t.tower_features for c in range(layout[f][0], sum(layout[f]))],
+                not t.trains_shared,
+                t.reads_backbone,
             )
             for t in heads_tasks
         }
@@ -240,5 +249,14 @@ def build_model(recipe: Recipe, embedding_device: torch.device | None = None) ->
     )
     heads = TaskHeads(list(recipe.tasks), {t: towers[t].out_dim for t in head_names})
     return MultiTaskModel(
-        arch, bottom, backbone, tower_inputs, towers, heads, head_names, opts.type, backbone_tasks=names
+        arch,
+        bottom,
+        backbone,
+        tower_inputs,
+        towers,
+        heads,
+        head_names,
+        opts.type,
+        backbone_tasks=names,
+        dense_input=dense_input,
     )

@@ -1,0 +1,51 @@
+"""The dense part of the shared input: scalar features as they are, vector features projected.
+
+A vector feature (a creative's image/text embedding from a pretrained encoder, `dim` values plus a
+missing indicator) enters the shared input through a learned linear projection to its
+`embedding_dim` columns, as Kitada et al. (2022, "Ad Creative Discontinuation Prediction with
+Multi-Modal Multi-Task Neural Survival Networks") feed image and text features into their shared
+layers: the projection learns which directions of the encoder's space matter for the tasks, and its
+width keeps a 256- or 768-dim vector from crowding out the ids and statistics. The missing indicator
+is one of the projection's inputs, so "no vector" gets a learned offset instead of reading as the
+origin of the encoder's space. (docs/METHODS.md, "Content vectors".)
+
+Input columns follow `recsys_mtl.recipe.dense_layout`: the scalars first, then each vector's block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recsys_mtl.recipe import FeatureSpec, dense_layout
+
+
+class DenseInput(nn.Module):
+    """[B, dense width] -> [B, scalars + sum of projection widths]: scalars, then each projection.
+
+    Attributes:
+        projections: per vector feature (recipe order) a `nn.Linear(dense_width, embedding_dim)`.
+        out_dim: width of the output.
+    """
+
+    def __init__(self, features: list[FeatureSpec]) -> None:
+        super().__init__()
+        layout = dense_layout(features)
+        vectors = [f for f in features if f.kind == "vector"]
+        self.num_scalars: int = sum(1 for f in features if f.kind == "dense")
+        self.has_vectors: bool = len(vectors) > 0
+        # python ints (build-time constants: FX bakes the slices in, TorchScript sees List[int])
+        self.starts: list[int] = [layout[f.name][0] for f in vectors]
+        self.widths: list[int] = [layout[f.name][1] for f in vectors]
+        self.projections = nn.ModuleList(
+            [nn.Linear(layout[f.name][1], int(f.embedding_dim or 0)) for f in vectors]
+        )
+        self.out_dim: int = self.num_scalars + sum(int(f.embedding_dim or 0) for f in vectors)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        if not self.has_vectors:  # build-time flag: recipes without vectors keep the old graph
+            return dense
+        parts = [dense[:, : self.num_scalars]]
+        for i, proj in enumerate(self.projections):
+            parts.append(proj(dense[:, self.starts[i] : self.starts[i] + self.widths[i]]))
+        return torch.cat(parts, dim=1)
