@@ -85,6 +85,9 @@ def _values(f: FeatureSpec, n: int, rng: np.random.Generator) -> list[Any]:
     if f.kind == "dense":
         # a few significant digits, like real clients send (also keeps the JSON body realistic)
         return [round(float(v), 3) for v in rng.lognormal(0.0, 1.0, n)]
+    if f.kind == "vector":  # an encoder's output: dim floats at float32 precision
+        assert f.dim is not None
+        return rng.normal(0.0, 1.0, (n, f.dim)).astype(np.float32).tolist()
     if f.value_type == "string":
         pool = list(f.vocabulary or ["ios", "android", "web"])
         return [str(pool[i]) for i in rng.integers(0, len(pool), n)]
