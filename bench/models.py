@@ -129,6 +129,9 @@ def recipe_variant(
         if unknown:
             raise SystemExit(f"--drop-features: not features of the recipe: {sorted(unknown)}")
         d["features"] = [f for f in d["features"] if f["name"] not in dropped]
+        for t in d["tasks"]:  # a dropped feature leaves the towers that read it too
+            if "tower_features" in t:
+                t["tower_features"] = [f for f in t["tower_features"] if f not in dropped]
     if model_options and d["model"]["type"] != "dtrn":
         d["model"].update(model_options)
     for t in d["tasks"]:
