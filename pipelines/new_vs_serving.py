@@ -10,6 +10,12 @@ its metrics get the after-numbers (out-of-fold), and the map is what the publish
 carries (the nightly job writes it into the run). The serving model is scored through its artifact,
 so its scores are already calibrated by the map it was published with (if any). The gate reads
 the raw new predictions: ranking is unchanged by the map for head tasks.
+
+Cold start: the day's rows whose item is new (held out of training by the new model's
+`data.holdout_items` hash, or absent from its training window's rows: `recsys_mtl.cold_start`) are
+reported apart from the known items' rows, for both models on the same rows (metrics.json's
+"cold_start"; the report's "New vs known items" table). New and known are the new model's: an item
+first seen on D - 1 is known to it even though the serving model never saw it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.calibration import HeldOutCalibration, fit_and_report
+from recsys_mtl.cold_start import ColdStartSplit, run_training_items
 from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
 from recsys_mtl.loader import load_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
@@ -35,6 +42,7 @@ class EvaluatedPair:
     serving_preds: Predictions | None
     serving_metrics: dict[str, Any] | None
     calibration: HeldOutCalibration | None = None  # the new model's map, fitted on the day
+    cold_start: ColdStartSplit | None = None  # which of the day's rows are new items (both models)
 
 
 def evaluate_pair(
@@ -52,6 +60,10 @@ def evaluate_pair(
     new_preds = predict(run.model, reader)
     experts = expert_usage(run.model, reader, diagnostics_batches)
     held = fit_and_report(run.recipe, new_preds, [day.isoformat()])
+    split = None
+    if new_preds.items is not None:  # known: the items of the new model's training window
+        known = run_training_items(run.recipe, run.info)
+        split = ColdStartSplit.of(new_preds.items, run.recipe.data.holdout_items, known)
     new_metrics = compute_metrics(
         run.recipe,
         new_preds,
@@ -59,13 +71,16 @@ def evaluate_pair(
         calibrated=held.out_of_fold,
         calibrated_ranking=held.applied,
         calibration_info=held.metrics_info(),
+        cold_start=split,
     )
     if serving_version is None:
-        return EvaluatedPair(new_preds, new_metrics, experts, None, None, held)
+        return EvaluatedPair(new_preds, new_metrics, experts, None, None, held, split)
     serving = load_model(registry, name, serving_version)
     serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/{MANIFEST_FILE}")
     module = serving.artifact.module  # type: ignore[attr-defined]
     s_reader = evaluation_reader(serving_recipe, data_dir, transform=serving.transform, start=day, end=day)
     serving_preds = predict(module, s_reader)
-    serving_metrics = compute_metrics(serving_recipe, serving_preds)
-    return EvaluatedPair(new_preds, new_metrics, experts, serving_preds, serving_metrics, held)
+    # the same rows in the same order (one day, storage order): the new model's split applies
+    same_rows = split is not None and serving_preds.num_rows == new_preds.num_rows
+    serving_metrics = compute_metrics(serving_recipe, serving_preds, cold_start=split if same_rows else None)
+    return EvaluatedPair(new_preds, new_metrics, experts, serving_preds, serving_metrics, held, split)

@@ -7,7 +7,9 @@ For date D, with W = the recipe's `nightly.window_days`:
   current model (cold the first time), sharded over `--nproc` ranks as `recsys-mtl train` does.
   Labels are censored at the end of D - 1 (the trainer's label cutoff), so nothing from D leaks.
 - D is the held-out slice: the new model and the serving model are both scored on all of D's rows
-  by the same code (`recsys_mtl.evaluation`), the serving one through its exported artifact.
+  by the same code (`recsys_mtl.evaluation`), the serving one through its exported artifact. The
+  rows of new items (held out by `data.holdout_items`, or absent from the training window) are also
+  scored apart from the known items' (`recsys_mtl.cold_start`; the report's "New vs known items").
 - The new model's calibration map (recipe `calibration`) is fitted on D's rows, the day it is
   evaluated on (RUN/calibration.json; before/after, out-of-fold, in the report); the published
   artifact carries it (`recsys_mtl.calibration`).
@@ -241,6 +243,7 @@ def gate_day(cfg: NightlyConfig) -> GatedRun | Outcome:
         pair = evaluate_pair(cfg.recipe, run_dir, reg, cfg.name, serving_version, cfg.data_dir, cfg.date)
         write_json_atomic(run_dir / METRICS_FILE, pair.new_metrics)  # exported into the manifest
         _save_calibration(run_dir, pair.calibration)  # exported into the artifact
+        _log_cold_start(pair.new_metrics)
 
     from pipelines.gate import gate_table_lines, quality_gate
 
@@ -476,6 +479,20 @@ def _save_calibration(run_dir: Path, held: HeldOutCalibration | None) -> None:
             *(task, cal.method, cal.fitted_on.get("days")),
             *(b["pred_obs_ratio"], a["pred_obs_ratio"], b["ece"], a["ece"]),
         )
+
+
+def _log_cold_start(metrics: dict[str, Any]) -> None:
+    """One line: how many of the day's rows and items are new to the new model."""
+    cs = metrics.get("cold_start")
+    if not cs:
+        log.info("cold start: no new items on the day (every item was in the training window)")
+        return
+    rows, items = cs["rows"], cs["items"]
+    log.info(
+        "cold start: %s new items (%s rows), %s known (%s rows); data.holdout_items %g",
+        f"{items['new']:,}", f"{rows['new']:,}", f"{items['known']:,}", f"{rows['known']:,}",
+        cs["holdout_items"],
+    )  # fmt: skip
 
 
 def _loss_history(run_dir: Path) -> list[dict[str, Any]]:

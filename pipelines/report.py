@@ -13,6 +13,10 @@ reads to trust it, or to find out why a run was rejected, without re-running any
   here before it becomes an outage);
 - per binary task a ROC curve and a reliability curve of both models on the same axes: ranking and
   calibration can move independently, and the gate only looks at ranking;
+- new vs known items (cold start, `recsys_mtl.cold_start`): per task and model the AUC / C-index,
+  oracle lift and logloss on the rows of items new to the new model (held out of its training by
+  `data.holdout_items`, or absent from its training window) and on the known items' rows apart:
+  the number that says whether new creatives get good predictions;
 - the new model's calibration (recsys_mtl/calibration.py): its map is fitted on the validation day,
   and a table shows per binary task ECE, pred/obs and AUC before and after it (out-of-fold: each
   half of the users calibrated by the map fitted on the other half), with the out-of-fold
@@ -231,6 +235,54 @@ def _metrics_tables(
                 rows.append([t, model, *(num(_metric(metrics, key), digits) for _, key, digits in shown)])
         out.append({"title": title, "table": Table(["task", "model", *(c[0] for c in shown)], rows)})
     return out
+
+
+def _cold_start_section(
+    recipe: Recipe, new_metrics: dict[str, Any], serving_metrics: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Per task and model, new vs known items (metrics.json's "cold_start"); None when the day had
+    no new item (or the metrics were computed without a split)."""
+    cs = new_metrics.get("cold_start")
+    if not cs:
+        return None
+    models = [("new", cs)]
+    if serving_metrics is not None:
+        models.append(("serving", serving_metrics.get("cold_start") or {}))
+    has_oracle = any(
+        "oracle_lift" in m for _, c in models for g in ("new", "known") for m in (c.get(g) or {}).values()
+    )
+    header = ["task", "model", "metric", "new items", "known items", "new - known"]
+    header += ["oracle lift new", "oracle lift known"] if has_oracle else []
+    header += ["logloss new", "logloss known"]
+    rows: list[list[Any]] = []
+    for t in recipe.tasks:
+        key, metric = ("auc", "AUC") if t.kind == "binary" else ("c_index", "C-index")
+        for model, c in models:
+            new, known = (c.get("new") or {}).get(t.name), (c.get("known") or {}).get(t.name)
+            if new is None or known is None:
+                rows.append([t.name, model, metric, *("n/a" for _ in header[3:])])
+                continue
+            a, b = as_float(new.get(key)), as_float(known.get(key))
+            diff = a - b if a is not None and b is not None else None
+            row = [t.name, model, metric, num(a, 4), num(b, 4), num(diff, 4, signed=True)]
+            if has_oracle:
+                row += [num(new.get("oracle_lift"), 3), num(known.get("oracle_lift"), 3)]
+            row += [num(new.get("logloss"), 4), num(known.get("logloss"), 4)]
+            rows.append(row)
+    days = cs.get("train_days")
+    known_from = (
+        f" or absent from the new model's training days {days[0]}..{days[-1]}"
+        if days
+        else " (the training days were unknown: the hash alone decided)"
+    )
+    r, i = cs.get("rows") or {}, cs.get("items") or {}
+    explain = (
+        f"New items: held out of training (data.holdout_items = {num(cs.get('holdout_items'), 3)})"
+        f"{known_from}: {num(i.get('new'), 0)} items, {num(r.get('new'), 0)} rows; known items: "
+        f"{num(i.get('known'), 0)} items, {num(r.get('known'), 0)} rows. Both models are scored on the "
+        "same rows; hazard tasks per survival subject."
+    )
+    return {"table": Table(header, rows), "explain": explain}
 
 
 def _calibration_section(new_metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -456,6 +508,7 @@ def write_report(
         gate=_gate_table(decision),
         has_serving_metrics=serving_metrics is not None,
         metrics_tables=_metrics_tables(recipe, new_metrics, serving_metrics),
+        cold_start=_cold_start_section(recipe, new_metrics, serving_metrics),
         calibration=_calibration_section(new_metrics),
         tasks_table=_tasks_section(recipe),
         has_serving_preds=serving_preds is not None,

@@ -37,6 +37,16 @@ The two steps are kept apart on purpose:
    Oracle keys exist only where the data has the task's oracle column (real data has none: the
    keys are absent, not null). Undefined values (one class only, no rows) are null, never NaN.
 
+   cold start    with a `ColdStartSplit` (`recsys_mtl.cold_start`: a row's item is new when the
+                 hash holds it out, `data.holdout_items`, or no training row has it) and some new
+                 rows: "cold_start" = {"new": {task: ...}, "known": {task: ...}, "rows": {"new",
+                 "known"}, "items": {"new", "known"} (distinct ids), "holdout_items", "train_days"
+                 (whose items are known; null when unknown and the hash alone decided)}. Per task
+                 the metrics of `compute_metrics` on those rows alone (`cold_start_metrics`):
+                 binary rows, auc, logloss, oracle_auc, oracle_lift, expected_lift; hazard
+                 subjects, events, c_index, oracle_c_index, oracle_lift, expected_lift (oracle
+                 keys where the oracle is).
+
 Hazard tasks are evaluated per survival subject (a creative on a day, by default a creative), not
 per impression: the survival label belongs to the subject and repeats on each of its rows, so a
 subject shown 1,000 times must not count 1,000 times. Rows are grouped by the task's subject column
@@ -66,6 +76,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.calibration import Calibration, fit_and_report, reliability_table
+from recsys_mtl.cold_start import ColdStartSplit, KnownItems, count_items
 from recsys_mtl.metrics import (
     auc,
     c_index,
@@ -132,6 +143,19 @@ class Predictions:
             self.subjects,
         )
 
+    def subset(self, rows: np.ndarray) -> Predictions:
+        """The rows `rows` selects (a bool mask or row indexes), in every field alike."""
+        return Predictions(
+            scores={k: v[rows] for k, v in self.scores.items()},
+            labels={k: v[rows] for k, v in self.labels.items()},
+            events={k: v[rows] for k, v in self.events.items()},
+            eval_mask={k: v[rows] for k, v in self.eval_mask.items()},
+            oracle={k: v[rows] for k, v in self.oracle.items()},
+            users=self.users[rows] if self.users is not None else None,
+            items=self.items[rows] if self.items is not None else None,
+            subjects={k: v[rows] for k, v in self.subjects.items()},
+        )
+
     @classmethod
     def concat(cls, parts: Sequence[Predictions]) -> Predictions:
         """Rows of all `parts` in order (e.g. every rank's predictions gathered on rank 0).
@@ -196,10 +220,12 @@ def evaluation_reader(
     batch_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    holdout_items: float = 0.0,
 ) -> ParquetReader:
     """A reader over [start, end] in storage order (no shuffling, every row once) that also reads
     the `evaluation_columns` present in every file. `rank`/`world_size` split the row groups for a
-    distributed evaluation."""
+    distributed evaluation. `holdout_items` > 0 drops the held-out items' rows (early stopping's
+    validation reader; an evaluation keeps every row: the default)."""
     files = inspect_partitions(recipe, data_dir, start, end)
     common = set(files[0].schema.names).intersection(*(f.schema.names for f in files[1:]))
     return ParquetReader(
@@ -213,6 +239,7 @@ def evaluation_reader(
         rank=rank,
         world_size=world_size,
         extra_columns=evaluation_columns(recipe, sorted(common)),
+        holdout_items=holdout_items,
     )
 
 
@@ -476,14 +503,33 @@ def compute_metrics(
     calibrated: Mapping[str, np.ndarray] | None = None,
     calibrated_ranking: Mapping[str, np.ndarray] | None = None,
     calibration_info: Mapping[str, Any] | None = None,
+    cold_start: ColdStartSplit | None = None,
 ) -> dict[str, Any]:
     """The metrics dict (module docstring) of every recipe task, JSON-able with allow_nan=False.
 
     `experts` (from `expert_diagnostics`) is passed through under "experts"; {} when not given.
     `calibrated` (binary task -> calibrated probabilities on all rows) adds each such task's
     after-calibration metrics (AUC / GAUC from `calibrated_ranking` where given), and
-    `calibration_info` (how they were made) goes under "calibration".
+    `calibration_info` (how they were made) goes under "calibration". `cold_start` (which rows are
+    new items) adds "cold_start" when some row is new (`cold_start_metrics`).
     """
+    out: dict[str, Any] = {
+        "tasks": _task_metrics(recipe, preds, calibrated, calibrated_ranking),
+        "experts": experts or {},
+    }
+    if calibration_info is not None:
+        out["calibration"] = dict(calibration_info)
+    if cold_start is not None and (split := cold_start_metrics(recipe, preds, cold_start)) is not None:
+        out["cold_start"] = split
+    return to_json(out)
+
+
+def _task_metrics(
+    recipe: Recipe,
+    preds: Predictions,
+    calibrated: Mapping[str, np.ndarray] | None = None,
+    calibrated_ranking: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     cal, rank = calibrated or {}, calibrated_ranking or {}
     for t in recipe.tasks:
@@ -491,9 +537,38 @@ def compute_metrics(
             tasks[t.name] = _binary_metrics(t.name, preds, cal.get(t.name), rank.get(t.name))
         else:
             tasks[t.name] = _hazard_metrics(t, preds, recipe.subject_column(t))
-    out: dict[str, Any] = {"tasks": tasks, "experts": experts or {}}
-    if calibration_info is not None:
-        out["calibration"] = dict(calibration_info)
+    return tasks
+
+
+# what "cold_start" keeps of each task's metrics on the new / known rows
+COLD_START_KEYS = {
+    "binary": ("rows", "auc", "logloss", "oracle_auc", "oracle_lift", "expected_lift"),
+    "hazard": ("subjects", "events", "c_index", "oracle_c_index", "oracle_lift", "expected_lift"),
+}
+
+
+def cold_start_metrics(recipe: Recipe, preds: Predictions, split: ColdStartSplit) -> dict[str, Any] | None:
+    """Each task's metrics on the new items' rows and on the known items' rows apart (module
+    docstring, "cold start"): the same numbers `compute_metrics` gives on each subset of the rows.
+    None when no row is new (nothing to compare) or the predictions carry no item ids."""
+    if preds.items is None:
+        return None
+    new = np.asarray(split.new, dtype=bool)
+    if len(new) != preds.num_rows:
+        raise ValueError(f"the cold-start split has {len(new)} rows, the predictions {preds.num_rows}")
+    if not new.any():
+        return None
+    out: dict[str, Any] = {}
+    for group, rows in (("new", new), ("known", ~new)):
+        tasks = _task_metrics(recipe, preds.subset(rows))
+        out[group] = {
+            name: {k: m[k] for k in COLD_START_KEYS[recipe.task(name).kind] if k in m}
+            for name, m in tasks.items()
+        }
+    out["rows"] = {"new": int(new.sum()), "known": int((~new).sum())}
+    out["items"] = {"new": count_items(preds.items, new), "known": count_items(preds.items, ~new)}
+    out["holdout_items"] = split.holdout_items
+    out["train_days"] = split.train_days
     return to_json(out)
 
 
@@ -544,13 +619,16 @@ def evaluate_days(
     batch_size: int | None = None,
     diagnostics_batches: int = 20,
     calibration: Calibration | None = None,
+    known_items: KnownItems | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` on the days [start, end] of `data_dir`: {"tasks": ..., "experts": ...}.
 
     `transform` must be the one the model was trained with (its dense statistics); None builds it
     from the recipe. Expert diagnostics cover the first `diagnostics_batches` batches. With the
     model's saved `calibration` (RUN/calibration.json), binary tasks also get their metrics after
-    it (`calibrated_scores`: out-of-fold on the days it was fitted on, else applied).
+    it (`calibrated_scores`: out-of-fold on the days it was fitted on, else applied). Every row is
+    evaluated; the rows of new items (held out by the recipe's `data.holdout_items`, or not among
+    `known_items`, the model's training items, where given) are also reported apart ("cold_start").
     """
     t0 = time.perf_counter()
     reader = evaluation_reader(
@@ -562,8 +640,17 @@ def evaluate_days(
     if calibration is not None:
         days = sorted({f.day.isoformat() for f in reader.files})
         calibrated, ranking, info = calibrated_scores(recipe, preds, calibration, days)
+    split = None
+    if preds.items is not None:
+        split = ColdStartSplit.of(preds.items, recipe.data.holdout_items, known_items)
     metrics = compute_metrics(
-        recipe, preds, experts, calibrated=calibrated, calibrated_ranking=ranking, calibration_info=info
+        recipe,
+        preds,
+        experts,
+        calibrated=calibrated,
+        calibrated_ranking=ranking,
+        calibration_info=info,
+        cold_start=split,
     )
     log.info("evaluated %d rows in %.1fs", preds.num_rows, time.perf_counter() - t0)
     return metrics
@@ -611,6 +698,37 @@ def _subjects_label(hazard_metrics: dict[str, Any]) -> str:
     return f"subjects ({hazard_metrics['subject_column'] or 'rows'})"
 
 
+def _cold_start_lines(metrics: dict[str, Any]) -> list[str]:
+    """New vs known items per task (AUC or C-index, oracle lift, logloss), when the metrics have
+    a cold-start split."""
+    cs = metrics.get("cold_start")
+    if not cs:
+        return []
+    days = cs.get("train_days")
+    known = (
+        f" or absent from the training days {days[0]}..{days[-1]}"
+        if days
+        else " (training days unknown: the held-out hash alone decides)"
+    )
+    rows, items = cs["rows"], cs["items"]
+    lines = [
+        f"cold start: new items = held out (data.holdout_items {cs['holdout_items']:g}){known}; "
+        f"new {items['new']:,} items / {rows['new']:,} rows, known {items['known']:,} items / "
+        f"{rows['known']:,} rows",
+        f"{'task':<14} {'metric':>7} {'new':>7} {'known':>7} {'lift new':>8} {'lift known':>10} "
+        f"{'logloss new':>11} {'logloss known':>13}",
+    ]
+    for name, new in cs["new"].items():
+        known_m = cs["known"].get(name, {})
+        key, label = ("auc", "AUC") if "auc" in new else ("c_index", "C-index")
+        lines.append(
+            f"{name:<14} {label:>7} {_fmt(new.get(key)):>7} {_fmt(known_m.get(key)):>7} "
+            f"{_fmt(new.get('oracle_lift'), '.2f'):>8} {_fmt(known_m.get('oracle_lift'), '.2f'):>10} "
+            f"{_fmt(new.get('logloss')):>11} {_fmt(known_m.get('logloss')):>13}"
+        )
+    return lines
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """A compact per-task table of a metrics dict (binary tasks, then hazard tasks, then experts)."""
     tasks = metrics.get("tasks", {})
@@ -647,6 +765,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
                 f"{_fmt(r.get('oracle_c_index')):>8} {_fmt(r.get('oracle_lift'), '.2f'):>6} "
                 f"{_fmt(r.get('expected_lift'), '.2f'):>8}"
             )
+    lines += _cold_start_lines(metrics)
     zero = metrics.get("experts", {}).get("zero_share", {})
     if zero:
         worst = max(zero, key=lambda k: zero[k])

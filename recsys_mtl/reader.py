@@ -11,6 +11,13 @@
 - What is read: the recipe's feature and label columns plus `extra_columns` asked for by the caller
   (user ids for GAUC, `oracle_*` for evaluation). Features only ever come from the recipe's feature
   columns, and the recipe refuses an `oracle_*` column as a feature.
+- Held-out items (`holdout_items`; the trainer passes the recipe's `data.holdout_items` to its
+  training and validation readers, evaluation keeps every row): the rows of the items
+  `recsys_mtl.cold_start.held_out` picks are dropped from each unit as it is read, before windows
+  and batches form, so the batching rules above hold for the rows that remain. `num_rows` counts
+  those rows (the item column of this rank's units is read once, at construction, to count them),
+  so the trainer's steps per epoch (the minimum over ranks of `num_rows // batch_size`) is a number
+  of batches every rank really yields.
 
 Batches go through the one `FeatureTransform`, the same the server uses.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_mtl.cold_start import held_out, require_item_column
 from recsys_mtl.partitions import DataError, ParquetFileInfo, inspect_partitions
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.targets import DAY_COLUMN, Targets, targets_from_table
 from recsys_mtl.transform import FeatureBatch, FeatureTransform, TransformError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class ParquetReader:
         extra_columns: Sequence[str] = (),
         drop_last: bool = False,
         label_cutoff: dt.date | None = None,
+        holdout_items: float = 0.0,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -117,6 +129,14 @@ class ParquetReader:
         self.columns = list(
             dict.fromkeys([*self.transform.input_columns, *recipe.label_columns(), *self.extra_columns])
         )
+        # the rows of held-out items are dropped as units are read (module docstring)
+        self.holdout_items = holdout_items
+        self.item_column = recipe.data.item_column
+        self._drop_item_column = holdout_items > 0 and self.item_column not in self.columns
+        if holdout_items > 0:
+            require_item_column(self.files, self.item_column, holdout_items)
+            if self._drop_item_column:
+                self.columns.append(self.item_column)
         units = [Unit(info, rg, 0, n) for info in self.files for rg, n in enumerate(info.row_group_rows)]
         if world_size > 1 and len(units) % world_size and len(units) < 16 * world_size:
             # Few row groups that do not divide evenly over the ranks: ranks must take the same
@@ -136,11 +156,47 @@ class ParquetReader:
             )
         self.units = units[rank::world_size]
         self.epoch = 0
+        self.rows_dropped = 0  # rows of held-out items in this rank's units (each epoch)
+        if holdout_items > 0:
+            self.rows_dropped = self._count_held_out_rows()
+            self._log_and_check_holdout(data_dir)
 
     @property
     def num_rows(self) -> int:
-        """Rows this rank reads per epoch."""
-        return self.num_rows_total(self.units)
+        """Rows this rank reads per epoch (the held-out items' rows dropped)."""
+        return self.num_rows_total(self.units) - self.rows_dropped
+
+    def _count_held_out_rows(self) -> int:
+        """Rows of held-out items in this rank's units; only the item column is read."""
+        dropped = 0
+        files: dict[Path, pq.ParquetFile] = {}
+        for u in self.units:
+            if u.info.path not in files:
+                files[u.info.path] = pq.ParquetFile(u.info.path)
+            try:
+                col = files[u.info.path].read_row_group(u.row_group, columns=[self.item_column]).column(0)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DataError(f"cannot read row group {u.row_group} ({e})", u.info.path) from None
+            dropped += int(held_out(col.slice(u.start, u.stop - u.start), self.holdout_items).sum())
+        return dropped
+
+    def _log_and_check_holdout(self, data_dir: str | Path) -> None:
+        """Log the rows dropped; a `DataError` naming the field when no row is left to read."""
+        total = self.num_rows_total(self.units)
+        where = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+        log.info(
+            "data.holdout_items = %g: dropping %s of %s rows%s (items held out for the cold-start "
+            "evaluation)",
+            self.holdout_items, f"{self.rows_dropped:,}", f"{total:,}", where,
+        )  # fmt: skip
+        if self.num_rows == 0:
+            raise DataError(
+                f"data.holdout_items = {self.holdout_items:g} leaves no rows to read{where}: all "
+                f"{total:,} rows of {self.days[0]}..{self.days[-1]} belong to held-out items (lower "
+                "data.holdout_items, or use data with more items)",
+                data_dir,
+                self.item_column,
+            )
 
     @staticmethod
     def num_rows_total(units: Sequence[Unit]) -> int:
@@ -167,6 +223,12 @@ class ParquetReader:
             except TransformError as e:
                 at = f"row {u.start + e.row}" if e.row is not None else f"rows {u.start}-{u.stop - 1}"
                 raise DataError(f"row group {u.row_group}, {at}: {e.message}", u.info.path, e.field) from None
+        if self.holdout_items > 0:  # before windows and batches form: the batching rules hold
+            keep = ~held_out(t.column(self.item_column), self.holdout_items)
+            if not keep.all():
+                t = t.filter(pa.array(keep))
+            if self._drop_item_column:
+                t = t.drop_columns([self.item_column])
         if self.label_cutoff is not None:
             day = (u.info.day - dt.date(1970, 1, 1)).days
             t = t.append_column(DAY_COLUMN, pa.array(np.full(t.num_rows, day, np.int32)))

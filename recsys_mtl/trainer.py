@@ -17,6 +17,14 @@ metrics.json and anything exported from the run hold the best epoch's weights (t
 optimizer states in that checkpoint stay the last epoch's). Validation time is kept out of the
 reported training time and samples/s. A `--resume`d run restarts the patience count.
 
+Held-out items (cold start, recipe `data.holdout_items` > 0): the training reader and the
+early-stopping validation reader drop the rows of the items `recsys_mtl.cold_start` holds out, and
+the dense standardisation statistics are fitted without them, so no held-out item's row reaches
+the model before evaluation. The reader counts the rows it keeps (`ParquetReader.num_rows`), so
+the steps per epoch are batches every rank really has. The final evaluation keeps every row and
+reports new items (held out, or absent from the training days) apart from known ones
+(metrics.json's "cold_start").
+
 Where it lives: this module sets a run up (`_set_up`: threads, seed, run directory or resume, reader,
 sharded model, optimizers; `_training_loop`: a resumed run's position or a warm start) and finishes
 it (`_finish`: final checkpoint, run.json, evaluation); `recsys_mtl.training_loop` holds the loop
@@ -51,6 +59,7 @@ from recsys_mtl.checkpoint import (
     load_training_checkpoint,
     registry_weights,
 )
+from recsys_mtl.cold_start import ColdStartSplit, held_out, require_item_column, training_items
 from recsys_mtl.distributed import (
     DistContext,
     dense_optimizer,
@@ -129,17 +138,32 @@ def fit_transform(recipe: Recipe, cfg: TrainConfig, split: DaySplit) -> FeatureT
     if not transform.dense_features:
         return transform
     files = inspect_partitions(recipe, cfg.data_dir, split.train[0], split.train[-1])
+    dense = list(dict.fromkeys(f.source for f in transform.dense_features))
+    holdout, item = recipe.data.holdout_items, recipe.data.item_column
+    require_item_column(files, item, holdout)
     tables: list[pa.Table] = []
     rows = 0
     for info in files:
         pf = pq.ParquetFile(info.path)
         for rg in range(info.num_row_groups):
-            tables.append(pf.read_row_group(rg, columns=[f.source for f in transform.dense_features]))
+            if holdout > 0:  # held-out items' rows are never trained on, statistics included
+                t = pf.read_row_group(rg, columns=list(dict.fromkeys([*dense, item])))
+                t = t.filter(pa.array(~held_out(t.column(item), holdout))).select(dense)
+            else:
+                t = pf.read_row_group(rg, columns=dense)
+            tables.append(t)
             rows += tables[-1].num_rows
             if rows >= DENSE_STATS_ROWS:
                 break
         if rows >= DENSE_STATS_ROWS:
             break
+    if rows == 0:  # only possible when every row's item is held out
+        raise DataError(
+            f"data.holdout_items = {holdout:g} leaves no training rows: every row of the training days "
+            "belongs to a held-out item (lower data.holdout_items, or use data with more items)",
+            cfg.data_dir,
+            item,
+        )
     stats = transform.fit_dense_stats(pa.concat_tables(tables).slice(0, DENSE_STATS_ROWS))
     return transform.with_dense_stats(stats)
 
@@ -155,7 +179,8 @@ def _prepare_out(cfg: TrainConfig, ctx: DistContext) -> None:
 
 
 def _steps_per_epoch(reader: ParquetReader) -> int:
-    """Full batches every rank can take: collectives need all ranks to step together."""
+    """Full batches every rank can take: collectives need all ranks to step together. The reader's
+    `num_rows` counts the rows it yields (held-out items' rows left out), so each rank has them."""
     local = torch.tensor([reader.num_rows // reader.batch_size], dtype=torch.int64)
     dist.all_reduce(local, op=dist.ReduceOp.MIN)
     return int(local.item())
@@ -284,6 +309,8 @@ def _set_up(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> _Run:
         drop_last=True,
         # hazard labels as they were known at the end of the last training day: no look-ahead
         label_cutoff=split.train[-1],
+        # the cold-start measurement's items: never trained on (their rows counted out of num_rows)
+        holdout_items=recipe.data.holdout_items,
     )
     # Fail before the first step when a task would keep no label (its loss would be 0 at every
     # step); every rank counts the same files, so every rank raises alike (no collective needed).
@@ -300,7 +327,12 @@ def _set_up(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> _Run:
             log.warning("%s Training anyway (training.allow_untrained_tasks).", problem)
     steps_per_epoch = _steps_per_epoch(reader)
     if steps_per_epoch == 0:
-        raise DataError(f"fewer than one batch of {bs} rows per rank in the training days", cfg.data_dir)
+        held = f" once data.holdout_items = {recipe.data.holdout_items:g} drops its items' rows"
+        raise DataError(
+            f"fewer than one batch of {bs} rows per rank in the training days"
+            + (held if recipe.data.holdout_items > 0 else ""),
+            cfg.data_dir,
+        )
     total_steps = steps_per_epoch * epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -476,7 +508,9 @@ def _finished_info(
 def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
     """Evaluate a finished run on its held-out days and write RUN/metrics.json; fit the
     calibration map on the same rows (recipe `calibration`) and write RUN/calibration.json, with
-    the binary tasks' after-calibration metrics out-of-fold (`recsys_mtl.calibration`)."""
+    the binary tasks' after-calibration metrics out-of-fold (`recsys_mtl.calibration`). Every row
+    of those days counts; new items' rows (held out by `data.holdout_items`, or absent from the
+    training days) are also reported apart from known ones ("cold_start")."""
     from recsys_mtl.calibration import CALIBRATION_FILE, fit_and_report
     from recsys_mtl.evaluation import compute_metrics, evaluation_reader, expert_usage, predict
     from recsys_mtl.run import load_run
@@ -506,9 +540,23 @@ def evaluate_run(run_dir: Path, split: DaySplit) -> dict[str, Any]:
         calibrated=held.out_of_fold,
         calibrated_ranking=held.applied,
         calibration_info=held.metrics_info(),
+        cold_start=_cold_start_split(run.recipe, run.info["data"]["dir"], split, preds.items),
     )
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _cold_start_split(
+    recipe: Recipe, data_dir: str | Path, split: DaySplit, items: Any
+) -> ColdStartSplit | None:
+    """Which held-out rows are new items: held out by the hash, or absent from the training days."""
+    if items is None:  # the data has no item column
+        return None
+    known = training_items(recipe, data_dir, split.train)
+    cs = ColdStartSplit.of(items, recipe.data.holdout_items, known)
+    log.info("cold start: %s of %s evaluation rows are new items (known: %s)", f"{int(cs.new.sum()):,}",
+             f"{len(cs.new):,}", known.describe())  # fmt: skip
+    return cs
 
 
 def _local_world(ctx: DistContext) -> int:

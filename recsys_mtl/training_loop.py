@@ -46,7 +46,8 @@ def validation_score(metrics: dict[str, Any]) -> tuple[float, dict[str, float]]:
 
 
 class EarlyStopping:
-    """Per-epoch validation on the held-out days, the best-weights snapshot and the stop rule.
+    """Per-epoch validation on the held-out days (without the held-out items' rows, recipe
+    `data.holdout_items`), the best-weights snapshot and the stop rule.
 
     Every rank scores the whole validation set through the (sharded) model, so each forward's
     collectives line up; rank 0's score is broadcast so all ranks take the same decision.
@@ -69,8 +70,15 @@ class EarlyStopping:
             )
         self.recipe, self.patience = recipe, patience
         self.best_dir = best_dir
+        # the held-out items (data.holdout_items) stay out of validation too: early stopping must
+        # not pick the epoch by them (the final evaluation reports them, as new items)
         self.reader = evaluation_reader(
-            recipe, data_dir, transform=transform, start=eval_days[0], end=eval_days[-1]
+            recipe,
+            data_dir,
+            transform=transform,
+            start=eval_days[0],
+            end=eval_days[-1],
+            holdout_items=recipe.data.holdout_items,
         )
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf

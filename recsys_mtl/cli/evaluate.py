@@ -13,6 +13,12 @@ equal-count bins: mean predicted, observed rate, rows), before -> after. On the 
 fitted on, the after-numbers are out-of-fold (folds by user, each calibrated by a map fitted on the
 others); on any other day the saved map is applied as the exported model applies it.
 
+Cold start: every row is evaluated, and the rows of new items are also reported apart from the
+known ones (AUC / C-index, oracle lift, logloss per task; metrics.json's "cold_start"). An item is
+new when the run's `data.holdout_items` hash held it out of training, or when no row of the run's
+training days (run.json: data.dir, data.train_days) has it; if those days cannot be read any more,
+a warning says so and the hash alone decides.
+
 Prints a compact table; --out also writes the full metrics as JSON (no NaN: undefined is null).
 
 example:
@@ -43,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.atomic_files import write_json_atomic
     from recsys_mtl.calibration import load_run_calibration
+    from recsys_mtl.cold_start import run_training_items
     from recsys_mtl.evaluation import evaluate_days, format_metrics
     from recsys_mtl.run import load_run
 
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_run(args.run)
         calibration = None if args.no_calibration else load_run_calibration(args.run)
+        known = run_training_items(loaded.recipe, loaded.info)  # None (and a warning): unknown
         metrics = evaluate_days(
             loaded.model,
             loaded.recipe,
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             end=args.end,
             batch_size=args.batch_size,
             calibration=calibration,
+            known_items=known,
         )
     except (OSError, ValueError) as e:  # RunError, RecipeError, DataError, TransformError
         return fail(e)
