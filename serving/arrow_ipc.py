@@ -14,8 +14,10 @@ request body goes through `read_stream`, which
    length, so the declared sum bounds the memory). Rows are bounded the same way, and so is the
    number of batches;
 2. accepts only the column types the product documents (integers, floats, booleans, strings,
-   nulls, and lists of integers / strings / nulls), refuses duplicate and empty column names and
-   dictionary batches;
+   nulls, lists of integers / strings / nulls, and vectors: lists and fixed-size lists of float32 /
+   float64), refuses duplicate and empty column names and dictionary batches. The byte bound of
+   step 1 sums every buffer of the batch, a list's child values included, so a vector column
+   counts with all its floats;
 3. decodes, then runs Arrow's full validation (`validate(full=True)`: offsets monotonic and inside
    their buffers, buffer sizes, UTF-8) on every column before any kernel touches it.
 
@@ -158,6 +160,12 @@ def _scalar_ok(t: pa.DataType) -> bool:
     )
 
 
+def vector_float_ok(t: pa.DataType) -> bool:
+    """The element types of a vector: float32 and float64 (float16 is not taken: numpy and the
+    transform would widen it anyway; a client sends float32)."""
+    return t in (pa.float32(), pa.float64())
+
+
 def type_ok(t: pa.DataType) -> bool:
     """A column type a request may use (see ACCEPTED_TYPES)."""
     if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -167,12 +175,16 @@ def type_ok(t: pa.DataType) -> bool:
             or pa.types.is_string(v)
             or pa.types.is_large_string(v)
             or pa.types.is_null(v)
+            or vector_float_ok(v)
         )
+    if pa.types.is_fixed_size_list(t):  # a vector feature's natural type
+        return vector_float_ok(t.value_type)
     return _scalar_ok(t)
 
 
 ACCEPTED_TYPES = (
-    "integers, floats, booleans, strings, nulls, and lists (list / large_list) of integers, strings or nulls"
+    "integers, floats, booleans, strings, nulls, lists (list / large_list) of integers, strings or "
+    "nulls, and vectors: list / large_list / fixed_size_list of float32 or float64"
 )
 
 

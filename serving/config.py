@@ -160,6 +160,13 @@ class Runtime(_Strict):
     max_request_id_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="UTF-8 bytes of all string ids of one request (413)"
     )
+    max_vector_values: int = Field(
+        default=262_144,
+        ge=1024,
+        description="floats of all vector features of one request, as the transform will hold them "
+        "(candidates x dim per vector feature; a request-level vector counts once per candidate; 413). "
+        "The default (1 MiB of float32) is 2,000 candidates x 131 floats: raise it for wider vectors",
+    )
 
     # ---- back-pressure: slow or idle clients never delay other requests ----
     header_timeout_s: float = Field(

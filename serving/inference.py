@@ -15,7 +15,9 @@ whole of it. Rows are independent in every model, so chunked outputs equal one f
 
 Each request keeps the `LoadedModel` object it was routed to, so a hot swap never changes the model
 under a request that is already queued or running. A request whose features fail the transform
-gets its own error; the others in the round are unaffected.
+gets its own error; the others in the round are unaffected. So does a request whose scores are not
+finite (finite inputs far outside the model's range, such as a vector of values near the float32
+limit, can overflow the forward): a 422 naming the first such candidate, never a NaN score.
 
 Shadow jobs (a variant's shadow model) run only when no primary request is waiting, from a bounded
 queue: when it is full, new shadow jobs are dropped and counted, so shadow scoring can never slow
@@ -61,12 +63,17 @@ class Job:
 
 def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
     """The request's features as model inputs; a transform error becomes a RequestError naming
-    where the offending column was sent."""
+    where the offending column was sent and, when one row is at fault (`TransformError.row`), the
+    candidate (vectors are checked before they are queued, `serving.request.check_vectors`, so
+    this is the fallback)."""
     try:
         return model.transform(req.candidates, shared=req.features)
     except TransformError as e:
         where = "features" if e.field in req.features else "candidates"
-        raise RequestError(f"{where}.{e.field}", e.message) from None
+        message = e.message
+        if e.row is not None:
+            message = f"{'request-level value' if where == 'features' else f'candidate {e.row}'}: {message}"
+        raise RequestError(f"{where}.{e.field}", message) from None
     except Exception as e:  # the transform names the column of what it expects; this is a bug
         log.warning("unexpected transform error on a request (answered 422)", exc_info=True)
         raise RequestError("candidates", f"cannot be transformed ({type(e).__name__})") from None
@@ -100,7 +107,12 @@ def score_jobs(
         for j, b in zip(ok, batches, strict=True):
             stop = start + b.batch_size
             keys = [k for t in j.tasks for k in _keys(t)]
-            j.future.set_result({k: scores[k][start:stop] for k in keys})
+            got = {k: scores[k][start:stop] for k in keys}
+            bad = _non_finite_rows(got)
+            if bad.size:  # never a NaN score: the request's values are beyond what the model computes
+                j.future.set_exception(_not_finite(bad))
+            else:
+                j.future.set_result(got)
             start = stop
     except Exception as e:  # an internal failure: every request of the round gets it (-> 5xx)
         log.exception("forward failed for %s v%s", model.name, model.version)
@@ -124,6 +136,27 @@ def _forward(
         if between is not None and start + chunk < n:
             between()
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _non_finite_rows(scores: Scores) -> np.ndarray:
+    """The candidates (row indexes) with a non-finite score in any output."""
+    bad: np.ndarray | None = None
+    for v in scores.values():
+        rows = ~np.isfinite(v) if v.ndim == 1 else ~np.isfinite(v).all(axis=tuple(range(1, v.ndim)))
+        bad = rows if bad is None else bad | rows
+    return np.flatnonzero(bad) if bad is not None else np.zeros(0, np.int64)
+
+
+def _not_finite(rows: np.ndarray) -> RequestError:
+    """Finite inputs whose scores are not: a value far outside what the model was trained on
+    overflowed its float32 arithmetic (a vector feature has no standardisation or clipping, so a
+    vector of values near the float32 limit does). The request's fault, never a NaN in an answer."""
+    more = f" ({rows.size} candidates)" if rows.size > 1 else ""
+    return RequestError(
+        "candidates",
+        f"candidate {int(rows[0])}: the model's scores are not finite for its feature values{more}: "
+        "a value far outside the model's range (e.g. a vector value near the float32 limit) overflowed it",
+    )
 
 
 def _keys(t: TaskInfo) -> list[str]:

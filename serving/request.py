@@ -8,12 +8,17 @@ Two wire formats (README, "Serving"):
 
       {"user_id": 42,
        "features": {"user_age_bucket": 3, "clicked_items": [17, 4], "hour": 20, ...},
-       "candidates": {"creative_id": [101, 102], "advertiser_id": [7, 9], ...},
+       "candidates": {"creative_id": [101, 102], "advertiser_id": [7, 9],
+                      "creative_content": [[0.12, -0.4, ...], null], ...},
        "tasks": ["ctr", "hazard_short"]}
+
+  A vector feature's value is a list of `dim` numbers (null: no vector, which the model reads as
+  zeros plus its missing flag, or refuses under `missing: error`).
 
 - Arrow IPC stream (`application/vnd.apache.arrow.stream`), the fast path: the record batches hold
   one row per candidate; the request-level fields travel in the schema metadata: `user_id`
-  (required), `features` (a JSON object), `tasks` (a JSON list), `variant`.
+  (required), `features` (a JSON object), `tasks` (a JSON list), `variant`. A vector column is a
+  `fixed_size_list<float32>[dim]` (or float64, or a list / large_list of float32 / float64).
 
 `features` are request-level values (the user and the context): one value each, transformed once
 and broadcast over the candidates. A feature may come from either place, not both. `user_id` (an
@@ -23,9 +28,13 @@ unit and also fills the model's user-id feature when that is not given explicitl
 Nothing a client sends reaches a compute kernel unchecked: an Arrow stream is bounded and fully
 validated first (serving/arrow_ipc.py), a JSON body's value count is bounded before it is parsed,
 only the documented column types are accepted, and the serving config's limits (bytes per string
-id, values per list, string-id bytes per request) are enforced before the transform. Every check is
-columnar (Arrow arrays and numpy), never a loop over candidates. Unknown id values are not errors:
-the transform maps them to the reserved row.
+id, values per list, string-id bytes per request, vector floats per request) are enforced before
+the transform. Vector columns are checked against the model before they are queued
+(`check_vectors`: `dim` values each, no null inside a vector, every value finite as a float32):
+each refusal is a 422 naming the column and the candidate. Every check is columnar (Arrow arrays
+and numpy), never a loop over candidates; only a request already refused is looked at value by
+value, to say which candidate is at fault. Unknown id values are not errors: the transform maps
+them to the reserved row.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import pyarrow.compute as pc
 
 from recsys_mtl.ids import IdError, canonical_scalar, int_from_canonical
 from recsys_mtl.loader import LoadedModel
+from recsys_mtl.recipe import FeatureSpec
 from serving.arrow_ipc import ACCEPTED_TYPES, StreamError, read_stream, type_ok
 from serving.config import Runtime
 
@@ -51,6 +61,7 @@ JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _TOP_LEVEL = {"user_id", "features", "candidates", "tasks", "variant", "request_id"}
 MAX_TASKS = 64
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a vector value beyond it would be inf in the model
 
 
 class RequestError(ValueError):
@@ -155,12 +166,15 @@ def decode_json(body: bytes, limits: Runtime) -> ScoreRequest:
         raise RequestError(unknown[0], f"unknown field (allowed: {sorted(_TOP_LEVEL)})")
     if "candidates" not in data:
         raise RequestError("candidates", "required")
-    candidates, n = _json_candidates(data["candidates"], limits.max_candidates)
+    # Arrow reads a JSON true inside a list of floats as 1.0: where the text holds a boolean at all,
+    # lists of floats (vectors) are searched for one (`_to_array`)
+    booleans = _may_hold_booleans(body)
+    candidates, n = _json_candidates(data["candidates"], limits.max_candidates, booleans)
     return ScoreRequest(
         user_id=_user_id(data.get("user_id"), limits.max_id_bytes),
         candidates=candidates,
         num_candidates=n,
-        features=_request_features(data.get("features")),
+        features=_request_features(data.get("features"), booleans),
         tasks=_tasks(data.get("tasks")),
         variant=_optional_str("variant", data.get("variant")),
         request_id=_optional_str("request_id", data.get("request_id")),
@@ -199,7 +213,7 @@ def decode_arrow(body: bytes, limits: Runtime) -> ScoreRequest:
         user_id=_user_id(meta_str("user_id"), limits.max_id_bytes),
         candidates=candidates,
         num_candidates=n,
-        features=_request_features(meta_json("features")),
+        features=_request_features(meta_json("features"), _may_hold_booleans(meta.get("features", b""))),
         tasks=_tasks(meta_json("tasks")),
         variant=_optional_str("variant", meta_str("variant")),
         request_id=_optional_str("request_id", meta_str("request_id")),
@@ -283,33 +297,103 @@ def _check_count(n: int, max_candidates: int) -> None:
         )
 
 
-def _to_array(where: str, values: Any) -> pa.Array:
+def _to_array(where: str, values: Any, per_candidate: bool = True, booleans: bool = True) -> pa.Array:
+    """`values` (parsed JSON) as an Arrow array of an accepted type, else a RequestError naming the
+    column and, where one value is at fault, the candidate. `booleans`: whether the JSON text may
+    hold a boolean (False skips the search for one inside lists of floats)."""
     try:
         arr = pa.array(values)
     except (pa.ArrowException, OverflowError, TypeError, ValueError, RecursionError) as e:
         arr = _as_floats(values)
         if arr is None:
-            raise RequestError(where, f"values of mixed or unsupported types ({e})") from None
+            odd = _odd_value(values, per_candidate)
+            raise RequestError(where, f"{odd}values of mixed or unsupported types ({e})") from None
     if not type_ok(arr.type):
-        raise RequestError(where, f"unsupported value type {arr.type} (accepted: {ACCEPTED_TYPES})")
+        odd = _odd_value(values, per_candidate)
+        raise RequestError(where, f"{odd}unsupported value type {arr.type} (accepted: {ACCEPTED_TYPES})")
+    # Arrow's float conversion takes true as 1.0: a boolean in a vector is a client's bug
+    if (
+        booleans
+        and _is_list(arr.type)
+        and pa.types.is_floating(arr.type.value_type)
+        and any(x is True or x is False for v in values if isinstance(v, list) for x in v)
+    ):
+        raise RequestError(where, f"{_odd_value(values, per_candidate)}a vector holds numbers only")
     return arr
+
+
+def _may_hold_booleans(text: bytes) -> bool:
+    """Whether a JSON text may hold a boolean (C-speed; a string spelling one only costs a search)."""
+    return b"true" in text or b"false" in text
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _as_floats(values: list[Any]) -> pa.Array | None:
     """Numbers Arrow cannot hold as int64 (JSON integers in [2^63, 2^64), which orjson keeps as
     Python ints) as float64: a dense feature takes them as they are, an id feature then refuses
-    them by name as out of the int64 range. None when the values are not all numbers. Runs only
-    after the fast conversion failed."""
-    if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
-        return None
-    return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    them by name as out of the int64 range; the same inside lists (a vector's values are floats
+    anyway). None when the values are not all numbers, or all lists of numbers. Runs only after
+    the fast conversion failed."""
+    if all(v is None or _is_number(v) for v in values):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if all(v is None or (isinstance(v, list) and all(x is None or _is_number(x) for x in v)) for v in values):
+        rows = [None if v is None else [None if x is None else float(x) for x in v] for v in values]
+        return pa.array(rows, pa.list_(pa.float64()))
+    return None
+
+
+_PLURAL = {"a number": "numbers", "a string": "strings"}
+
+
+def _odd_value(values: list[Any], per_candidate: bool) -> str:
+    """Which value a refused column is refused for, as a message prefix ("candidate 3: a string
+    inside its list, where candidate 0's holds numbers; "), or "" when no one value is at fault.
+    The cold path: it runs only for a column already refused, and stops at the first odd value."""
+
+    def who(i: int) -> str:
+        return f"candidate {i}" if per_candidate else "request-level value"
+
+    def kind_of(v: Any) -> str:
+        return "a list" if isinstance(v, list) else _json_type(v)
+
+    first: tuple[int, str] | None = None
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        kind = kind_of(v)
+        if first is None:
+            first = (i, kind)
+        elif kind != first[1]:
+            return f"{who(i)}: {kind}, where candidate {first[0]} has {first[1]}; "
+    if first is None:
+        return ""
+    if first[1] != "a list":
+        return f"{who(first[0])}: {first[1]}; "
+    inner: tuple[int, str] | None = None
+    for i, v in enumerate(values):
+        for x in v or ():
+            if x is None:
+                continue
+            kind = kind_of(x)
+            if kind not in _PLURAL:  # a list, an object or a boolean inside a list
+                return f"{who(i)}: {kind} inside its list; "
+            if inner is None:
+                inner = (i, kind)
+            elif kind != inner[1]:
+                return (
+                    f"{who(i)}: {kind} inside its list, where {who(inner[0])}'s holds {_PLURAL[inner[1]]}; "
+                )
+    return ""
 
 
 def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _json_candidates(v: Any, max_candidates: int) -> tuple[dict[str, pa.Array], int]:
+def _json_candidates(v: Any, max_candidates: int, booleans: bool = True) -> tuple[dict[str, pa.Array], int]:
     if isinstance(v, dict):  # columnar: feature -> list of values
         if not v:
             raise RequestError("candidates", "empty: send at least one feature column")
@@ -326,7 +410,7 @@ def _json_candidates(v: Any, max_candidates: int) -> tuple[dict[str, pa.Array], 
                 _check_count(n, max_candidates)
             elif len(values) != n:
                 raise RequestError(where, f"has {len(values)} values, expected {n} (one per candidate)")
-            cols[name] = _to_array(where, values)
+            cols[name] = _to_array(where, values, booleans=booleans)
         assert n is not None
         return cols, n
     if isinstance(v, list):  # rows: [{feature: value}, ...]
@@ -340,18 +424,21 @@ def _json_candidates(v: Any, max_candidates: int) -> tuple[dict[str, pa.Array], 
         odd = next((i for i, r in enumerate(v) if r.keys() != keys), None)
         if odd is not None:  # Arrow would silently take the first row's keys only: lose nothing
             raise RequestError(f"candidates[{odd}]", "has other features than candidates[0]; send the same")
-        return {k: _to_array(f"candidates.{k}", [r[k] for r in v]) for k in keys}, len(v)
+        return {k: _to_array(f"candidates.{k}", [r[k] for r in v], booleans=booleans) for k in keys}, len(v)
     raise RequestError(
         "candidates", f"expected an object of columns or a list of objects, got {_json_type(v)}"
     )
 
 
-def _request_features(v: Any) -> dict[str, pa.Array]:
+def _request_features(v: Any, booleans: bool = True) -> dict[str, pa.Array]:
     if v is None:
         return {}
     if not isinstance(v, dict):
         raise RequestError("features", f"expected an object of feature values, got {_json_type(v)}")
-    return {name: _to_array(f"features.{name}", [value]) for name, value in v.items()}
+    return {
+        name: _to_array(f"features.{name}", [value], per_candidate=False, booleans=booleans)
+        for name, value in v.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,9 +453,10 @@ def check_limits(req: ScoreRequest, limits: Runtime) -> None:
     total = 0
     for where, cols in (("features", req.features), ("candidates", req.candidates)):
         for name, col in cols.items():
-            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-                _at_most(f"{where}.{name}", pc.list_value_length(col), limits.max_list_length,
-                         "a list of {} values", "per list (runtime.max_list_length)")  # fmt: skip
+            if _is_list(col.type) and not pa.types.is_floating(col.type.value_type):
+                # (lists of floats are vectors: bounded per request by runtime.max_vector_values and
+                # each to its feature's dim in `check_vectors`; ids sent as floats: `check_against_model`)
+                _list_length_at_most(f"{where}.{name}", col, limits)
                 col = pc.list_flatten(col)
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                 sizes = pc.binary_length(col)
@@ -384,6 +472,15 @@ def check_limits(req: ScoreRequest, limits: Runtime) -> None:
         )
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _list_length_at_most(field: str, col: pa.Array, limits: Runtime) -> None:
+    _at_most(field, pc.list_value_length(col), limits.max_list_length,
+             "a list of {} values", "per list (runtime.max_list_length)")  # fmt: skip
+
+
 def _at_most(field: str, sizes: pa.Array, limit: int, what: str, unit: str) -> None:
     """RequestError naming `field` and the first index when a size is over `limit`."""
     largest = pc.max(sizes).as_py() or 0  # nulls are skipped
@@ -397,12 +494,16 @@ def _at_most(field: str, sizes: pa.Array, limit: int, what: str, unit: str) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def check_against_model(req: ScoreRequest, model: LoadedModel) -> None:
-    """Unknown, duplicated or missing features, unknown tasks, NaN/inf dense values: RequestError.
+def check_against_model(req: ScoreRequest, model: LoadedModel, limits: Runtime | None = None) -> None:
+    """Unknown, duplicated or missing features, unknown tasks, NaN/inf dense values, vectors that
+    do not fit the model's vector features (`check_vectors`), vector floats over
+    `runtime.max_vector_values`: RequestError. `limits`: the serving config's runtime section
+    (default: its defaults).
 
     Fills the model's user-id feature from `user_id` when the request does not give it.
-    Types are checked by the feature transform itself (its TransformError names the column).
+    Other types are checked by the feature transform itself (its TransformError names the column).
     """
+    limits = limits if limits is not None else Runtime()
     needed = model.input_columns
     known = set(needed)
     for where, cols in (("features", req.features), ("candidates", req.candidates)):
@@ -445,6 +546,147 @@ def check_against_model(req: ScoreRequest, model: LoadedModel) -> None:
                         f"{where}.{f.source}",
                         f"NaN or infinite value at index {i}; send null for a missing value",
                     )
+    for f in model.transform.features:
+        if f.kind == "vector":
+            continue
+        for where, col in _sent(req, f):
+            if pa.types.is_fixed_size_list(col.type):
+                article = "an" if f.kind[0] in "aeiou" else "a"
+                raise RequestError(
+                    f"{where}.{f.source}", f"a vector column ({col.type}) for {article} {f.kind} feature"
+                )
+            if _is_list(col.type) and pa.types.is_floating(col.type.value_type):  # ids sent as floats
+                _list_length_at_most(f"{where}.{f.source}", col, limits)
+    check_vectors(req, model, limits)
+
+
+def _sent(req: ScoreRequest, f: FeatureSpec) -> list[tuple[str, pa.Array]]:
+    """(where, column) of the feature's column in the request: "features" or "candidates"."""
+    return [(w, cols[f.source]) for w, cols in (("features", req.features), ("candidates", req.candidates))
+            if f.source in cols]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# vectors
+# ---------------------------------------------------------------------------------------------
+
+
+def check_vectors(req: ScoreRequest, model: LoadedModel, limits: Runtime) -> None:
+    """Every vector feature's column against the model, on the event loop before the request is
+    queued (the transform applies the same rules later, on the inference thread, in its own words;
+    all but the float32 range): the floats of all vectors within `runtime.max_vector_values` (413),
+    then per column a vector type (a list of numbers), `dim` values per vector, no null inside one,
+    every value finite and within the float32 range (JSON has no NaN, but 1e39 would be inf in the
+    model), and no null vector under `missing: error`. Each refusal is a 422 naming the column and
+    the first candidate at fault ("candidate 17: has 31 values, expected 32 (dim)"); a vector sent
+    in `features` is the "request-level value". Columnar: the lengths are checked from the offsets
+    before any value is read."""
+    held: list[tuple[str, int]] = []
+    for f in model.transform.vector_features:
+        for where, col in _sent(req, f):
+            sent = _vector_values(col)
+            # the transform holds a request-level vector once per candidate (broadcast)
+            held.append((f"{where}.{f.source}", sent * req.num_candidates if where == "features" else sent))
+    total = sum(n for _, n in held)
+    if total > limits.max_vector_values:
+        parts = ", ".join(f"{name}: {n}" for name, n in held)
+        raise RequestError(
+            "body",
+            f"{total} vector values ({parts}); at most {limits.max_vector_values} per request "
+            "(runtime.max_vector_values): send fewer candidates",
+            status=413,
+        )
+    for f in model.transform.vector_features:
+        for where, col in _sent(req, f):
+            _check_vector(f"{where}.{f.source}", col, f, per_candidate=where == "candidates")
+
+
+def _vector_values(col: pa.Array) -> int:
+    """The values a vector column holds (null vectors hold none; a non-vector type: 0, refused later)."""
+    t = col.type
+    if pa.types.is_fixed_size_list(t):
+        return (len(col) - col.null_count) * t.list_size
+    if _is_list(t):
+        return int(pc.sum(pc.list_value_length(col)).as_py() or 0)
+    return 0
+
+
+def _check_vector(field: str, col: pa.Array, f: FeatureSpec, per_candidate: bool) -> None:
+    assert f.dim is not None
+    dim, t = f.dim, col.type
+
+    def who(i: int) -> str:
+        return f"candidate {i}" if per_candidate else "request-level value"
+
+    def refuse(i: int, message: str) -> RequestError:
+        return RequestError(field, f"{who(i)}: {message}")
+
+    missing = (
+        col.is_null().to_numpy(zero_copy_only=False) if not pa.types.is_null(t) else np.ones(len(col), bool)
+    )
+    first_present = int(np.argmin(missing)) if len(col) else 0  # 0 when every vector is missing
+    if pa.types.is_null(t):
+        pass  # every vector missing
+    elif pa.types.is_fixed_size_list(t):
+        if t.list_size != dim:
+            raise refuse(first_present, f"has {t.list_size} values, expected {dim} (dim); the column is {t}")
+    elif _is_list(t):
+        vt = t.value_type
+        if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_null(vt)):
+            lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+            i = int(np.argmax(lengths > 0)) if lengths.any() else first_present
+            raise refuse(i, f"expected a vector of {dim} numbers, got a list of {_value_kind(vt)}")
+        lengths = pc.list_value_length(col).fill_null(dim).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != dim)
+        if bad.size:
+            i = int(bad[0])
+            more = f"; {bad.size} candidates have a wrong length" if per_candidate and bad.size > 1 else ""
+            raise refuse(i, f"has {int(lengths[i])} values, expected {dim} (dim){more}")
+    else:
+        raise refuse(
+            first_present,
+            f"expected a vector of {dim} numbers (a JSON list; in Arrow a fixed_size_list<float32>[{dim}]), "
+            f"got {_value_kind(t, plural=False)} ({t})",
+        )
+    if not pa.types.is_null(t):
+        present = np.flatnonzero(~missing)
+        flat = pc.list_flatten(col)  # the present vectors' values, `dim` each, in order
+        if flat.null_count:
+            k = int(np.argmax(flat.is_null().to_numpy(zero_copy_only=False)))
+            raise refuse(
+                int(present[k // dim]),
+                f"value {k % dim} of its vector is null; send null for the whole vector when it is missing",
+            )
+        x = flat.to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(flat.type):
+            ok = np.isfinite(x) & (np.abs(x) <= FLOAT32_MAX)
+            if not ok.all():
+                k = int(np.argmin(ok))
+                rows = np.unique(present[np.flatnonzero(~ok) // dim])
+                more = f"; {rows.size} candidates have one" if per_candidate and rows.size > 1 else ""
+                raise refuse(
+                    int(present[k // dim]),
+                    f"value {k % dim} of its vector is {float(x[k])!r}: NaN, infinite or beyond the float32 "
+                    f"range (+-3.4e38){more}",
+                )
+    if f.missing == "error" and missing.any():
+        i = int(np.argmax(missing))
+        raise refuse(i, f"no vector (null), and feature {f.name} has `missing: error`")
+
+
+def _value_kind(t: pa.DataType, plural: bool = True) -> str:
+    """What a client sent, in JSON words where there are some ("strings", "a number")."""
+    for test, one, many in (
+        (pa.types.is_string, "a string", "strings"),
+        (pa.types.is_large_string, "a string", "strings"),
+        (pa.types.is_boolean, "a boolean", "booleans"),
+        (pa.types.is_integer, "a number", "numbers"),
+        (pa.types.is_floating, "a number", "numbers"),
+        (_is_list, "a list", "lists"),
+    ):
+        if test(t):
+            return many if plural else one
+    return str(t)
 
 
 def _user_feature(user_id: str, model: LoadedModel, column: str) -> pa.Array:

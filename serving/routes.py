@@ -9,10 +9,13 @@ wrong (a request field, `body`, `accept`, `content-type`, ...):
 | a missing or wrong admin token                                 | 403               |
 | an Accept header that allows neither JSON nor Arrow            | 406               |
 | a body not received within runtime.body_timeout_s              | 408               |
-| body, decoded Arrow, JSON values or id bytes over their limit  | 413               |
+| body, decoded Arrow, JSON values, id bytes or vector floats    | 413               |
+| over their limit                                               |                   |
 | a content type other than JSON/Arrow                           | 415               |
 | wrong types, unknown/missing fields, NaN, a bad id, too many   | 422               |
-| candidates, unknown tasks, an id or a list over its limit      |                   |
+| candidates, unknown tasks, an id or a list over its limit, a   |                   |
+| broken vector (the column and candidate named), a candidate    |                   |
+| whose scores are not finite (its values overflowed the model)  |                   |
 | the client went away before its answer (counted, never sent)   | 499               |
 | queue full (runtime.max_queued_candidates), no model yet       | 503 + Retry-After |
 | anything else (a bug): counted, logged, the process goes on    | 500               |
@@ -123,7 +126,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Forcing a variant without the admin token"},
     406: {"model": ErrorResponse, "description": "The Accept header allows neither JSON nor Arrow"},
     408: {"model": ErrorResponse, "description": "The body did not arrive within runtime.body_timeout_s"},
-    413: {"model": ErrorResponse, "description": "Body, decoded Arrow, JSON values or id bytes over a limit"},
+    413: {
+        "model": ErrorResponse,
+        "description": "Body, decoded Arrow, JSON values, id bytes or vector floats over a limit",
+    },
     415: {"model": ErrorResponse, "description": "Unsupported content type"},
     422: {"model": ErrorResponse, "description": "Invalid request; `field` names what is wrong"},
     503: {
@@ -139,7 +145,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Score a batch of candidates for one user: every task, in the candidates' order",
     description="Send `Accept: application/vnd.apache.arrow.stream` to get the scores as an Arrow record "
     "batch (one row per candidate) instead of JSON. Limits (body bytes, JSON values, bytes per string "
-    "id, values per list, id bytes per request, candidates) are in the serving config's `runtime`.",
+    "id, values per list, id bytes per request, vector floats per request, candidates) are in the serving "
+    "config's `runtime`. A vector feature takes a list of `dim` numbers per candidate (Arrow: a "
+    "fixed_size_list<float32>[dim] column).",
     response_model=ScoreResponseModel,
     responses={
         200: {

@@ -20,11 +20,13 @@ class ScoreRequestModel(BaseModel):
     )
     features: dict[str, Any] = Field(
         default_factory=dict,
-        description="Request-level features (user, context): one value each (a list for sequences).",
+        description="Request-level features (user, context): one value each (a list for sequences, a "
+        "list of `dim` numbers for a vector).",
     )
     candidates: dict[str, list[Any]] | list[dict[str, Any]] = Field(
         description="Per-candidate features: columnar {feature: [one value per candidate]} "
-        "(recommended) or a list of objects. 1 to the server's max_candidates (default 2000)."
+        "(recommended) or a list of objects. 1 to the server's max_candidates (default 2000). A vector "
+        "feature's value is a list of `dim` numbers, or null for none (zeros plus a missing flag)."
     )
     tasks: list[str] | None = Field(default=None, description="Tasks wanted; default all.")
     variant: str | None = Field(default=None, description="Force an A/B variant (needs the admin token).")
@@ -59,6 +61,10 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+_CONTENT = [
+    -0.22, -0.57, 0.34, -0.55, 1.01, 0.46, -0.18, 0.29, 0.81, 1.42, -0.46, 0.53, 0.26, -0.14, 0.55, 0.25,
+    0.54, -0.26, -0.0, 0.2, 0.01, 0.01, -0.38, 0.06, 0.09, -0.03, -0.01, 0.35, -0.33, 0.35, -0.08, 0.03,
+]  # fmt: skip
 SCORE_EXAMPLE: dict[str, Any] = {
     "user_id": 42,
     "features": {
@@ -82,6 +88,8 @@ SCORE_EXAMPLE: dict[str, Any] = {
         "bid_price": [1.2, 0.8],
         "creative_daily_impressions": [850.0, 2400.0],
         "creative_ctr_to_date": [0.061, 0.034],
+        # the creative's 32-float content vector (the second creative has none: null)
+        "creative_content": [_CONTENT, None],
     },
     "tasks": ["ctr", "cvr", "ctcvr", "hazard_short"],
 }

@@ -296,7 +296,7 @@ class ScoringService:
         model = self.pool.get(a.variant)
         if model is None:
             raise NotReady(f"variant {a.variant.name}: no validated model loaded for {a.variant.describe()}")
-        check_against_model(req, model)
+        check_against_model(req, model, cfg.runtime)
         try:
             tasks = model.wanted(req.tasks)
         except ValueError as e:
@@ -326,7 +326,7 @@ class ScoringService:
             self.metrics.shadow.labels(variant.name, "not_loaded").inc()
             return
         try:
-            check_against_model(req, model)
+            check_against_model(req, model, self.config.runtime)
         except RequestError:
             self.metrics.shadow.labels(variant.name, "incompatible").inc()
             return

@@ -2,7 +2,8 @@
 
 Hypothesis draws request bodies inside and outside the request schema (tests/fuzz/:
 valid and perturbed JSON, JSON broken at the byte level, valid and mutated Arrow IPC streams, bad
-offsets, random schemas, compression bombs, header and size variants) and sends each one to one
+offsets, random schemas, compression bombs, header and size variants, broken vectors in JSON and
+Arrow) and sends each one to one
 server, started once for the module on a small real model in a real registry. Every answer must
 keep the contract of the scoring edge:
 
@@ -14,7 +15,8 @@ keep the contract of the scoring edge:
   Arrow body: every binary task column), `num_candidates` is one the request could mean, and the
   body's media type is not one the Accept header refuses (q=0);
 - a valid request is scored (200), a body over `max_body_bytes` gets 413, also a compressed Arrow
-  body whose inflated size is over it;
+  body whose inflated size is over it; a request whose only fault is one broken vector column gets
+  a 422 naming that column;
 - the process stays alive and `GET /readyz` answers 200: checked every `HEALTH_EVERY` requests and
   after each test. A crashed server is restarted (its log kept) so one crash fails one example.
 
@@ -76,11 +78,13 @@ ALLOWED_4XX = frozenset({400, 403, 406, 408, 413, 415, 422})
 WEIGHTS = {
     "json.valid": 0.05,
     "arrow.valid": 0.05,
-    "json.perturbed": 0.25,
+    "json.perturbed": 0.22,
     "json.raw": 0.10,
-    "arrow.bytes": 0.14,
+    "json.vector": 0.03,
+    "arrow.vector": 0.03,
+    "arrow.bytes": 0.12,
     "arrow.offsets": 0.10,
-    "arrow.schema": 0.14,
+    "arrow.schema": 0.13,
     "arrow.bomb": 0.02,
     "headers": 0.10,
     "size": 0.05,
@@ -292,6 +296,11 @@ def check_response(case: fs.Case, resp: httpx.Response, shape: fs.ModelShape) ->
         want = "/".join(map(str, sorted(case.expect)))
         got = f"{status} ({error_field(resp)})" if 400 <= status < 500 else str(status)
         return f"{case.generator}: expected HTTP {want}, got {got}", resp.text[:500]
+    if case.error_field is not None and 400 <= status < 500 and error_field(resp) != case.error_field:
+        return (
+            f"{case.generator}: HTTP {status} names {error_field(resp)!r}, not {case.error_field!r}",
+            resp.text[:500],
+        )
     if 200 <= status < 300:
         return check_success(case, resp, shape)
     if status in ALLOWED_4XX:
@@ -569,6 +578,13 @@ test_json_perturbed = property_test(
 )
 test_json_raw = property_test(
     "json.raw", "JSON broken at the byte level (repeated keys, truncation, encodings, nesting, random bytes)."
+)
+test_json_vector = property_test(
+    "json.vector", "One candidate's vector broken in valid JSON: a 422 naming the column (400: 1e400, NaN)."
+)
+test_arrow_vector = property_test(
+    "arrow.vector",
+    "A vector column of a wrong type, size or value in a valid Arrow request: a 422 naming it.",
 )
 test_arrow_bytes = property_test(
     "arrow.bytes", "Arrow streams with bytes overwritten and declared lengths, counts and sizes rewritten."

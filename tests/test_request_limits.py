@@ -65,6 +65,16 @@ def test_a_small_compressed_stream_is_accepted(codec: str) -> None:
 
 
 @pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_vector_bomb_is_refused_from_its_declared_size(codec: str) -> None:
+    """A vector column's floats (a fixed_size_list's child buffer) count in the decoded size: 20
+    rows of 400,000 zeros (32 MB) compress to 1-130 kB and are refused before they inflate."""
+    t = pa.table({"v": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(8_000_000, np.float32)), 400_000)})
+    body = ipc_stream(t, compression=codec)
+    e = refused(body)
+    assert len(body) < 200_000 and (e.status, e.field) == (413, "body") and "decompressed" in e.message
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
 def test_a_compression_bomb_is_refused_before_it_inflates(codec: str) -> None:
     """Was: a 13 kB body took 380 MB of RSS. 64 MB of zeros compress to a few kB (zstd)."""
     t = pa.table({"x": pa.array(np.zeros(8_000_000, np.int64))})
@@ -149,7 +159,7 @@ def test_random_byte_overwrites_never_escape_as_anything_but_a_request_error() -
         (b'{"user_id": -9223372036854775809, "candidates": {"a": [1]}}', "user_id"),
         (b'{"user_id": 1.5, "candidates": {"a": [1]}}', "user_id"),
         (b'{"user_id": "", "candidates": {"a": [1]}}', "user_id"),
-        (b'{"user_id": 7, "candidates": {"a": [[1, 18446744073709551615]]}}', "candidates.a"),
+        (b'{"user_id": 7, "candidates": {"a": [[1, 18446744073709551615, "x"]]}}', "candidates.a"),
         (b'{"user_id": 7, "candidates": {"a": [{"x": 1}]}}', "candidates.a"),
         (b'{"user_id": 7, "candidates": [{"a": 1}, {"b": 2}]}', "candidates[1]"),
     ],
@@ -176,10 +186,14 @@ def test_an_empty_key_is_named_not_left_blank(body: bytes, field: str) -> None:
 
 def test_integers_beyond_int64_decode_as_floats_for_the_transform_to_judge() -> None:
     """A dense feature takes 2^64-1 as a number; an id feature refuses it by name in the
-    transform (tests/test_transform.py, tests/test_server_hardening.py)."""
+    transform (tests/test_transform.py, tests/test_server_hardening.py). The same inside lists: a
+    vector takes it as a number, a list-of-ids feature refuses it by name."""
     body = b'{"user_id": 7, "candidates": {"a": [1, 18446744073709551615, null]}}'
     col = decode(body, JSON, LIMITS).candidates["a"]
     assert col.type == pa.float64() and col.to_pylist() == [1.0, 2.0**64, None]
+    body = b'{"user_id": 7, "candidates": {"a": [[1, 18446744073709551615], null]}}'
+    col = decode(body, JSON, LIMITS).candidates["a"]
+    assert col.type == pa.list_(pa.float64()) and col.to_pylist() == [[1.0, 2.0**64], None]
 
 
 def test_user_id_canonical_forms() -> None:
@@ -240,6 +254,14 @@ def test_a_list_over_max_list_length_is_refused() -> None:
     )
     e = refused(body, JSON)
     assert (e.status, e.field) == (422, "features.clicked_items") and "runtime.max_list_length" in e.message
+
+
+def test_a_vector_is_not_a_list_of_ids() -> None:
+    """Lists of floats are vectors: bounded to their feature's dim and by runtime.max_vector_values
+    against the model (tests/test_vector_serving.py), not by max_list_length (a 1,024-float
+    embedding is normal)."""
+    body = orjson.dumps({"user_id": 7, "candidates": {"v": [[0.5] * 1024, None]}})
+    assert decode(body, JSON, LIMITS).candidates["v"].type == pa.list_(pa.float64())
 
 
 def test_total_id_bytes_are_bounded() -> None:

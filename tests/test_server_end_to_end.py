@@ -173,6 +173,15 @@ def _bad_inputs(env: Env) -> list[tuple[str, dict[str, str], bytes, int, str]]:
     arrow_nan = encode_arrow_request(
         {**{c: pa.array(v) for c, v in cands.items()}, dense: pa.array([1.0, float("nan"), 2.0])}, "u1"
     )
+    nan_vector = np.zeros((3, 32), np.float32)
+    nan_vector[2, 5] = np.nan
+    arrow_nan_vector = encode_arrow_request(
+        {
+            **{c: pa.array(v) for c, v in cands.items()},
+            "creative_content": pa.FixedSizeListArray.from_arrays(pa.array(nan_vector.ravel()), 32),
+        },
+        "u1",
+    )
     js = {"content-type": "application/json"}
 
     def j(obj: Any) -> bytes:
@@ -228,11 +237,33 @@ def _bad_inputs(env: Env) -> list[tuple[str, dict[str, str], bytes, int, str]]:
             "candidates.creative_id",
         ),
         ("NaN (Arrow)", {"content-type": ARROW_STREAM}, arrow_nan, 422, f"candidates.{dense}"),
+        (
+            "vector of the wrong length",
+            js,
+            j({**good, "candidates": {**cands, "creative_content": [[0.5] * 32, [0.5] * 31, None]}}),
+            422,
+            "candidates.creative_content",
+        ),
+        (
+            "boolean in a vector",
+            js,
+            j({**good, "candidates": {**cands, "creative_content": [[0.5] * 32, None, [0.5] * 31 + [True]]}}),
+            422,
+            "candidates.creative_content",
+        ),
+        (
+            "NaN in a vector (Arrow)",
+            {"content-type": ARROW_STREAM},
+            arrow_nan_vector,
+            422,
+            "candidates.creative_content",
+        ),
         ("empty candidates", js, j({**good, "candidates": {c: [] for c in cands}}), 422, "candidates"),
         (
             "too many candidates",
             js,
-            j({**good, "candidates": {c: v * 700 for c, v in cands.items()}}),
+            # (without the vectors: 2,100 of them are ~67k JSON values, a 413 for max_json_values first)
+            j({**good, "candidates": {c: v * 700 for c, v in cands.items() if c != "creative_content"}}),
             422,
             "candidates",
         ),

@@ -327,6 +327,37 @@ def test_integers_no_id_can_hold_are_422(env: Env) -> None:
     assert "int64" in err["message"]
 
 
+def test_vector_values_no_float32_holds_are_422_never_a_nan_score(env: Env) -> None:
+    """A vector value beyond float32 (1e39 parses as a float64 and would be inf in the model), a
+    boolean in a vector (Arrow reads true as 1.0), a float16 vector column, and a finite vector
+    near the float32 limit (the forward overflows: a NaN score) are each a 422 naming the field."""
+    good = env.body(3)
+    c = good["candidates"]
+    ok = [0.5] * 32
+    for vectors, field, start in (
+        (
+            [ok, [*ok[:31], 1e39], None],
+            "candidates.creative_content",
+            "candidate 1: value 31 of its vector is 1e+39",
+        ),
+        (
+            [ok, None, [*ok[:31], False]],
+            "candidates.creative_content",
+            "candidate 2: a boolean inside its list",
+        ),
+        ([ok, [3.4e38] * 32, ok], "candidates", "candidate 1: the model's scores are not finite"),
+    ):
+        err = _error(
+            env.post(orjson.dumps({**good, "candidates": {**c, "creative_content": vectors}})), 422, field
+        )
+        assert err["message"].startswith(start), err
+    t = env.arrow(3)
+    half = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(96, np.float16)), 32)
+    t = t.set_column(t.schema.get_field_index("creative_content"), "creative_content", half)
+    err = _error(env.post(ipc_stream(t), ARROW_CT), 422, "candidates.creative_content")
+    assert "unsupported column type" in err["message"]
+
+
 def test_an_integer_user_id_has_one_spelling(env: Env) -> None:
     """Was: int() accepted "１２３", "1_000", " 12 ": one embedding row, several A/B buckets."""
     body = env.body(2)

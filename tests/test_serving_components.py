@@ -150,14 +150,19 @@ def test_concat_equals_transforming_the_concatenated_rows(recipe: Recipe) -> Non
 
 
 def test_arrow_and_json_decode_to_the_same_request() -> None:
-    cands = {"creative_id": [1, 2, 3], "bid_price": [0.5, None, 2.0]}
-    feats = {"hour": 3, "clicked_items": [5, 6]}
+    vectors = [[0.5, -1.25], None, [2.0, 0.0]]
+    cands = {"creative_id": [1, 2, 3], "bid_price": [0.5, None, 2.0], "creative_content": vectors}
+    feats = {"hour": 3, "clicked_items": [5, 6], "user_vector": [0.25, 4.0]}
     j = decode(orjson.dumps({"user_id": "u", "features": feats, "candidates": cands}), JSON, _limits(10))
     a = decode(encode_arrow_request(cands, "u", features=feats), ARROW, _limits(10))
-    for r in (j, a):
+    fixed = {**cands, "creative_content": pa.array(vectors, pa.list_(pa.float32(), 2))}
+    f = decode(encode_arrow_request(fixed, "u", features=feats), ARROW, _limits(10))
+    for r in (j, a, f):
         assert r.user_id == "u" and r.num_candidates == 3
         assert r.candidates["creative_id"].to_pylist() == [1, 2, 3]
+        assert r.candidates["creative_content"].to_pylist() == vectors
         assert r.features["clicked_items"].to_pylist() == [[5, 6]]
+        assert r.features["user_vector"].to_pylist() == [[0.25, 4.0]]
 
 
 @pytest.mark.parametrize(
@@ -211,11 +216,15 @@ def test_check_against_model_names_unknown_missing_and_nan(model) -> None:
     m, r = model
     table = make_raw_table(r, 4, seed=2).select(m.input_columns)
     dense = next(f.source for f in r.features if f.kind == "dense")
+    short = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * 31, np.float32)), 31)
     cases = {
         "candidates.nope": table.append_column("nope", pa.array([1, 2, 3, 4])),
         "candidates.creative_id": table.drop_columns(["creative_id"]),
         f"candidates.{dense}": table.set_column(
             table.schema.get_field_index(dense), dense, pa.array([1.0, float("nan"), 1.0, 1.0])
+        ),
+        "candidates.creative_content": nulls_for_nonfinite(table).set_column(
+            table.schema.get_field_index("creative_content"), "creative_content", short
         ),
     }
     for field, t in cases.items():

@@ -12,7 +12,8 @@ The modules, each importing only those above it:
 - `shape`: `Column`, `ModelShape`, `Case`, the expected statuses, `pick`, `one_in`, the headers;
 - `json_text`: JSON trees with repeated keys and raw literals, and their text;
 - `values`: ordinary and nasty values (integer edges, number literals, unicode, deep nesting);
-- `valid`: valid requests, JSON and Arrow;
+- `valid`: valid requests, JSON and Arrow (vectors included);
+- `vectors`: valid requests with one vector column broken, JSON and Arrow;
 - `json_mutations`: JSON outside the schema, edited as trees and at the byte level;
 - `arrow_messages`: Arrow IPC messages located, and byte, header and offset mutations;
 - `arrow_schemas`: random Arrow schemas and compression bombs;
@@ -33,6 +34,7 @@ from tests.fuzz.headers import body_sizes, chunks, header_variants
 from tests.fuzz.json_mutations import perturbed_json, raw_json_text
 from tests.fuzz.shape import Case, ModelShape
 from tests.fuzz.valid import valid_arrow, valid_json
+from tests.fuzz.vectors import arrow_vector_mutations, json_vector_mutations
 
 __all__ = ["GENERATORS", "Case", "ModelShape", "chunks"]
 
@@ -41,6 +43,8 @@ GENERATORS: dict[str, Callable[[ModelShape], st.SearchStrategy[Case]]] = {
     "arrow.valid": valid_arrow,
     "json.perturbed": perturbed_json,
     "json.raw": raw_json_text,
+    "json.vector": json_vector_mutations,
+    "arrow.vector": arrow_vector_mutations,
     "arrow.bytes": arrow_byte_mutations,
     "arrow.offsets": arrow_bad_offsets,
     "arrow.schema": arrow_random_schemas,

@@ -124,7 +124,8 @@ def messages(data: bytes) -> list[Message]:
 
 def buffer_roles(schema: pa.Schema) -> list[tuple[str, str]]:
     """(column, role) of each body buffer, in IPC order, for flat and list-of-flat columns:
-    validity, then offsets (strings, lists), then data; a list's child follows it."""
+    validity, then offsets (strings, lists), then data; a list's child follows it (a fixed-size
+    list has no offsets: its validity, then its child's buffers)."""
     out: list[tuple[str, str]] = []
 
     def visit(name: str, t: pa.DataType) -> None:
@@ -138,6 +139,8 @@ def buffer_roles(schema: pa.Schema) -> list[tuple[str, str]]:
             visit(f"{name}.item", t.value_type)
         elif pa.types.is_large_list(t):
             out.append((name, "offsets64"))
+            visit(f"{name}.item", t.value_type)
+        elif pa.types.is_fixed_size_list(t):
             visit(f"{name}.item", t.value_type)
         else:
             out.append((name, "data"))

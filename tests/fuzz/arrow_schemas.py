@@ -265,12 +265,13 @@ def arrow_random_schemas(draw: st.DrawFn, shape: ModelShape) -> Case:
 @st.composite
 def arrow_bombs(draw: st.DrawFn, shape: ModelShape) -> Case:
     """A compressed (zstd/lz4) Arrow body a few KB on the wire that inflates to 2x-16x the
-    server's body limit: many rows of zeros in an id column, one huge string, one huge list, or a
-    huge unknown column next to a valid request. The server must answer 413."""
+    server's body limit: many rows of zeros in an id column, one huge string, one huge list, a
+    vector column of huge fixed-size vectors (fixed_size_list<float32>), or a huge unknown column
+    next to a valid request. The server must answer 413."""
     a = draw(valid_arrow_requests(shape))
     limit = shape.max_body_bytes
     target = limit * draw(st.integers(2, 16))
-    kind = draw(st.sampled_from(["string", "list", "rows", "extra column"]))
+    kind = draw(st.sampled_from(["string", "list", "vector", "rows", "extra column"]))
     compression = draw(st.sampled_from(["zstd", "lz4"]))
     table = a.table
     if kind == "rows":
@@ -286,6 +287,12 @@ def arrow_bombs(draw: st.DrawFn, shape: ModelShape) -> Case:
         per = target // 8 // max(1, table.num_rows)
         offsets = pa.array(np.arange(table.num_rows + 1, dtype=np.int64) * per)
         col = pa.LargeListArray.from_arrays(offsets, pa.array(np.zeros(per * table.num_rows, np.int64)))
+        table = table.drop_columns([name]) if name in table.column_names else table
+        table = table.append_column(name, col)
+    elif kind == "vector":  # its floats are counted in the decoded size like any other buffer
+        name = next((c.name for c in shape.columns if c.kind == "vector"), "x")
+        per = target // 4 // max(1, table.num_rows)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(per * table.num_rows, np.float32)), per)
         table = table.drop_columns([name]) if name in table.column_names else table
         table = table.append_column(name, col)
     else:

@@ -23,10 +23,12 @@ class Column:
     """One raw input column of the model, as a client sends it."""
 
     name: str
-    kind: str  # "id" | "multi_id" | "sequence" | "dense"
+    kind: str  # "id" | "multi_id" | "sequence" | "dense" | "vector"
     value_type: str  # "int" | "string" (categorical kinds)
     per_request: bool  # a user or context feature: normally sent once, in `features`
     vocabulary: tuple[Any, ...] | None
+    dim: int | None = None  # a vector's values
+    missing: str = "zeros"  # a vector's `missing`: "zeros" (null allowed) or "error"
 
     @property
     def is_list(self) -> bool:
@@ -56,6 +58,8 @@ class ModelShape:
                     f.value_type,
                     f.group in ("user", "context"),
                     tuple(f.vocabulary) if f.vocabulary is not None else None,
+                    f.dim,
+                    f.missing,
                 ),
             )
         user_col = model.manifest.get("recipe", {}).get("data", {}).get("user_column", "user_id")
@@ -72,6 +76,10 @@ class ModelShape:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    @property
+    def vectors(self) -> list[Column]:
+        return [c for c in self.columns if c.kind == "vector"]
+
     def __repr__(self) -> str:
         return f"ModelShape({len(self.columns)} columns, max_candidates={self.max_candidates})"
 
@@ -87,6 +95,7 @@ class Case:
     overwrites). `expect`: the correct statuses (200 for a valid request, 413 for a body over
     the limit; 413 or 422 where a server may refuse a bigger-than-allowed body for what its schema
     declares before it inflates it), None when any status the contract allows will do.
+    `error_field`: the `error.field` a correct 4xx names (None: any), e.g. a broken vector's column.
     """
 
     generator: str
@@ -97,6 +106,7 @@ class Case:
     chunked: bool = False  # sent with Transfer-Encoding: chunked (no Content-Length)
     note: str = ""  # how the body was made, for the failure report
     steps: list[str] = field(default_factory=list)
+    error_field: str | None = None
 
     def describe(self, limit: int = 600) -> str:
         """How the case was made, its headers, and the first `limit` bytes of its body."""
