@@ -58,6 +58,9 @@ def train_variant(args: argparse.Namespace, data: Path, out: Path, variant: str,
     recipe = recipe_variant(out, f"cold_start_{variant}", None, None, knobs)
     d = yaml.safe_load(recipe.read_text())
     d["data"]["holdout_items"] = args.holdout_items
+    for f in d["features"]:
+        if f["name"] == "creative_content" and args.content_noise is not None:
+            f["train_noise"] = args.content_noise
     recipe.write_text(yaml.safe_dump(d))
     res = run_one(recipe, data, run_dir, args.epochs, args.threads, args.batch_size)
     print(f"{variant} content, seed {seed}: {res['samples_per_s']:,.0f} samples/s, wall {res['wall_s']:.0f}s")
@@ -106,6 +109,9 @@ def main() -> int:
     ap.add_argument("--rho", type=float, default=0.8)
     ap.add_argument("--content-signal", type=float, help="the generator's content signal (default: its own)")
     ap.add_argument("--holdout-items", type=float, default=0.2, help="data.holdout_items of both recipes")
+    ap.add_argument(
+        "--content-noise", type=float, help="creative_content's train_noise (default: the recipe's)"
+    )
     ap.add_argument("--train-seeds", default="0,1", help="comma-separated training seeds (one run each)")
     ap.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "cold_start"))

@@ -90,6 +90,14 @@ class FeatureSpec(_Strict):
         description="Vector features: `zeros` reads a null vector as zeros plus a per-feature "
         "missing indicator column the model sees (1 when missing); `error` refuses null vectors.",
     )
+    train_noise: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Vector features: standard deviation of Gaussian noise added to each value in "
+        "training only (not in evaluation or the exported model). A vector unique to each item is "
+        "also a fingerprint the model can memorise items by; noise keeps what generalises to new "
+        "items (docs/METHODS.md, 'Content vectors').",
+    )
 
     @property
     def source(self) -> str:
@@ -121,7 +129,7 @@ class FeatureSpec(_Strict):
         # (compared with the defaults, not `model_fields_set`: a manifest's spec dumps every field)
         changed = {n for n, info in type(self).model_fields.items() if getattr(self, n) != info.default}
         if self.kind != "vector":
-            for f in ("dim", "normalize", "missing"):
+            for f in ("dim", "normalize", "missing", "train_noise"):
                 if f in changed:
                     raise ValueError(f"`{f}` applies to vector features, not to kind '{self.kind}'")
         if self.kind == "dense":

@@ -404,11 +404,14 @@ class FeatureTransform:
                 i = int(present[k // d])
                 raise TransformError(f.source, f"row {i} has a null value inside its vector", i)
             x = flat.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(-1, d)
-            finite = np.isfinite(x).all(axis=1)
+            # finite as the float32 the model reads: 1e39 is finite in float64 but inf in the tensor
+            finite = (np.abs(x) <= np.finfo(np.float32).max).all(axis=1)  # NaN compares False
             if not finite.all():
                 i = int(present[np.flatnonzero(~finite)[0]])
                 raise TransformError(
-                    f.source, f"row {i} has a NaN or infinite value; {int((~finite).sum())} such row(s)", i
+                    f.source,
+                    f"row {i} has a NaN, infinite or beyond-float32 value; {int((~finite).sum())} row(s)",
+                    i,
                 )
             if f.normalize == "l2":
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

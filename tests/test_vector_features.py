@@ -117,8 +117,13 @@ def test_l2_normalisation_and_the_shared_broadcast() -> None:
     [
         (pa.array([[1.0, 2.0, 3.0], [1.0, 2.0]]), 1, r"row 1 has 2 values, expected 3 \(dim\)"),
         (pa.array([[1.0, None, 3.0], [1.0, 2.0, 3.0]]), 0, "row 0 has a null value inside its vector"),
-        (pa.array([[1.0, 2.0, 3.0], [1.0, float("nan"), 3.0]]), 1, "row 1 has a NaN or infinite value"),
-        (fixed([None, [1.0, float("inf"), 3.0]]), 1, "row 1 has a NaN or infinite value"),
+        (
+            pa.array([[1.0, 2.0, 3.0], [1.0, float("nan"), 3.0]]),
+            1,
+            "row 1 has a NaN, infinite or beyond-float32",
+        ),
+        (fixed([None, [1.0, float("inf"), 3.0]]), 1, "row 1 has a NaN, infinite or beyond-float32"),
+        (pa.array([[1.0, 2.0, 3.0], [1e39, 2.0, 3.0]]), 1, "row 1 has a NaN, infinite or beyond-float32"),
         (pa.array([["a", "b", "c"]]), None, "expected vectors of numbers"),
         (pa.array([1.0, 2.0]), None, "expected a vector"),
         (fixed([[1.0, 2.0]], dim=2), None, "has vectors of 2 values, expected 3"),
@@ -215,3 +220,26 @@ def test_a_recipe_without_vectors_keeps_its_state_dict(recipe: Recipe) -> None:
     keys = set(build_model(r).state_dict())
     assert not any(k.startswith("dense_input") for k in keys)
     assert FeatureTransform.from_recipe(r).dense_width == len(r.dense_features)
+
+
+def test_train_noise_reaches_the_vector_values_in_training_only(recipe: Recipe) -> None:
+    d = recipe.to_dict()
+    next(f for f in d["features"] if f["name"] == "creative_content")["train_noise"] = 0.5
+    r = recipe_from_dict(d)
+    torch.manual_seed(0)
+    model = build_model(r)
+    b = FeatureTransform.from_recipe(r)(make_raw_table(r, 64, seed=3))
+    noisy = model.dense_input.augment(b.dense)
+    start, width = r.dense_layout["creative_content"]
+    assert width == 33
+    changed = (noisy != b.dense).any(dim=0)
+    assert changed[start : start + 32].all()  # every value of the vector
+    assert not changed[start + 32] and not changed[:start].any()  # not its flag, not the scalars
+    assert (noisy - b.dense)[:, start : start + 32].std().item() == pytest.approx(0.5, rel=0.1)
+    model.eval()  # evaluation and the exported model: no noise
+    assert torch.equal(model.dense_input.augment(b.dense), b.dense)
+    with torch.no_grad():
+        first, second = model(b.sparse, b.dense), model(b.sparse, b.dense)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    with pytest.raises(ValueError, match="`train_noise` applies to vector features"):
+        FeatureSpec(name="x", kind="dense", train_noise=0.1)

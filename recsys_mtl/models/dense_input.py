@@ -41,6 +41,21 @@ class DenseInput(nn.Module):
             [nn.Linear(layout[f.name][1], int(f.embedding_dim or 0)) for f in vectors]
         )
         self.out_dim: int = self.num_scalars + sum(int(f.embedding_dim or 0) for f in vectors)
+        # training-only noise on each vector's values (not on its missing flag), per column
+        noise = torch.zeros(sum(f.dense_width for f in features if f.kind in ("dense", "vector")))
+        for f in vectors:
+            start = layout[f.name][0]
+            noise[start : start + int(f.dim or 0)] = f.train_noise
+        self.has_noise: bool = bool((noise > 0).any())
+        self.register_buffer("noise_std", noise, persistent=False)  # from the recipe: not in checkpoints
+
+    def augment(self, dense: torch.Tensor) -> torch.Tensor:
+        """`dense` with the vectors' `train_noise` added, in training mode only: every reader of the
+        vectors (this projection and the towers' side inputs) sees the same noisy row. Exported
+        models are traced in eval mode, so the artifact carries no noise."""
+        if self.training and self.has_noise:
+            return dense + torch.randn_like(dense) * self.noise_std
+        return dense
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         if not self.has_vectors:  # build-time flag: recipes without vectors keep the old graph

@@ -112,6 +112,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.sparse_arch = sparse_arch
         self.dense_input = dense_input if dense_input is not None else nn.Identity()
+        self.has_vector_noise: bool = dense_input is not None and dense_input.has_noise
         self.flat_input: bool = bottom is not None
         self.bottom = bottom if bottom is not None else nn.Identity()
         self.backbone = backbone
@@ -141,6 +142,8 @@ class MultiTaskModel(nn.Module):
     def forward_with_internals(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> Internals:
         """(outputs, gates {key: [B, n] weights}, experts {name: [B, d] activations})."""
         fields, sequences, masks = self.sparse_arch(sparse)
+        if self.has_vector_noise:  # build-time flag: noise on vector values, training mode only
+            dense = self.dense_input.augment(dense)
         shared_dense = self.dense_input(dense)  # towers' side features read the raw `dense`
         if self.flat_input:  # build-time constant: every backbone but DTRN reads one flat x
             x = self.bottom(torch.cat([*fields, shared_dense], dim=1))
