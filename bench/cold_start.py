@@ -6,7 +6,9 @@ plus noise at `--content-signal`), the shipped recipe (HoME) with `data.holdout_
 share of the creatives (by a stable hash) never reaches training or validation; trained by the real
 `recsys-mtl train` twice per training seed, on the same data:
 
-  with content     the shipped recipe: creative_content in the shared input and in both hazard towers;
+  with content     the shipped recipe: creative_content in the shared input (add it to the hazard
+                   towers with --hazard-tower-features ...,creative_content; --content-noise sets
+                   its train_noise);
   without content  the same recipe with creative_content removed (`--drop-features`).
 
 The last day is held out; `metrics.json`'s "cold_start" reports every task on the held-out day's

@@ -362,7 +362,7 @@ def test_a_task_that_does_not_read_the_backbone(recipe: Recipe, name: str) -> No
     """`reads_backbone: false`: the hazard towers read only their tower_features; the backbone has
     no gate or experts for them (HoME: no lifecycle category), and their loss reaches only their
     own tower and head; the export matches eager."""
-    side = ["creative_age_days", "creative_daily_impressions", "creative_ctr_to_date", "creative_content"]
+    side = ["creative_age_days", "creative_daily_impressions", "creative_ctr_to_date"]
     r = small_recipe(recipe, MODELS[name], hazards_read_backbone=False)  # the shipped form
     assert all(t.tower_features == side and not t.reads_backbone for t in r.tasks if t.kind == "hazard")
     torch.manual_seed(0)

@@ -189,6 +189,10 @@ def test_partition_check_names_a_column_of_the_wrong_type(tmp_path: Path, recipe
 
 
 def test_the_model_reads_the_vector_and_its_missing_flag(recipe: Recipe) -> None:
+    d = recipe.to_dict()  # and a hazard tower that reads it raw (tower_features)
+    hazard = next(t for t in d["tasks"] if t["name"] == "hazard_long")
+    hazard["tower_features"] = [*hazard["tower_features"], "creative_content"]
+    recipe = recipe_from_dict(d)
     torch.manual_seed(0)
     model = build_model(recipe).eval()
     b = FeatureTransform.from_recipe(recipe)(make_raw_table(recipe, 16, seed=2))
