@@ -22,12 +22,11 @@ import pyarrow as pa
 import pytest
 import torch
 
+from recsys_mtl.devtools.fixtures import train_small_model
 from recsys_mtl.export import export_model
 from recsys_mtl.loader import LoadedModel, load_model
-from recsys_mtl.models import build_model, total_loss
 from recsys_mtl.recipe import FeatureSpec, Recipe
 from recsys_mtl.registry import Registry
-from recsys_mtl.targets import targets_from_table
 from recsys_mtl.transform import FeatureTransform
 from serving.arrow_ipc import type_ok
 from serving.config import Runtime
@@ -166,18 +165,7 @@ class Published:
 def _publish_keeping_the_eager_model(registry: Path, recipe: Recipe, seed: int) -> torch.nn.Module:
     """`recsys_mtl.devtools.fixtures.publish` (a few Adam steps on random rows, fp32 + int8
     builds), keeping the eager model for the parity checks."""
-    torch.manual_seed(seed)
-    net = build_model(recipe)
-    transform = FeatureTransform.from_recipe(recipe)
-    opt = torch.optim.Adam(net.parameters(), lr=0.02)
-    for step in range(3):
-        table = make_raw_table(recipe, 256, seed=seed * 100 + step)
-        b = transform(table)
-        loss, _ = total_loss(recipe, net(b.sparse, b.dense), targets_from_table(recipe, table))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
+    net, transform = train_small_model(recipe, seed)
     export_model(net, recipe, transform, Registry(registry), NAME, promote=True, int8_companion=True)
     return net
 

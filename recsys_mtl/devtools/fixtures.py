@@ -81,10 +81,9 @@ def small_recipe(recipe: Recipe) -> Recipe:
     return recipe_from_dict(d)
 
 
-def publish(
-    registry: Path, recipe: Recipe, seed: int, *, promote: bool = True, int8_companion: bool = False
-) -> ExportResult:
-    """Train a small model for a few steps on random rows (non-trivial weights) and publish it."""
+def train_small_model(recipe: Recipe, seed: int) -> tuple[torch.nn.Module, FeatureTransform]:
+    """A model of `recipe` after a few Adam steps on random rows (non-trivial weights), in eval
+    mode, with its transform: what `publish` exports (tests keep it for eager parity checks)."""
     torch.manual_seed(seed)
     net = build_model(recipe)
     transform = FeatureTransform.from_recipe(recipe)
@@ -96,7 +95,14 @@ def publish(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    net.eval()
+    return net.eval(), transform
+
+
+def publish(
+    registry: Path, recipe: Recipe, seed: int, *, promote: bool = True, int8_companion: bool = False
+) -> ExportResult:
+    """Train a small model for a few steps on random rows (non-trivial weights) and publish it."""
+    net, transform = train_small_model(recipe, seed)
     return export_model(
         net, recipe, transform, Registry(registry), NAME, promote=promote, int8_companion=int8_companion
     )
