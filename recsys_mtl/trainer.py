@@ -75,6 +75,7 @@ from recsys_mtl.partitions import DataError, inspect_partitions, list_partitions
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, read_run_info, write_json_atomic
+from recsys_mtl.threads import apply_thread_policy
 from recsys_mtl.training_loop import EarlyStopping, TrainingLoop
 from recsys_mtl.training_loop import validation_score as validation_score  # re-exported: public API
 from recsys_mtl.transform import FeatureTransform
@@ -291,8 +292,11 @@ class _Run:
 def _set_up(recipe: Recipe, cfg: TrainConfig, ctx: DistContext) -> _Run:
     """Threads and seed, the run directory (new or resumed), the reader and step count, early
     stopping, the sharded model and its optimizers."""
-    threads = cfg.threads or max(1, (torch.get_num_threads() or 1) // max(1, _local_world(ctx)))
-    torch.set_num_threads(threads)
+    # the CPUs this process may use (affinity, cgroup quota), split over this host's ranks
+    policy = apply_thread_policy(cfg.threads, ranks=_local_world(ctx))
+    if ctx.rank == 0:
+        log.info(policy)
+    threads = torch.get_num_threads()
     torch.manual_seed(recipe.training.seed + ctx.rank)
     recipe, transform, split = _start_or_resume(recipe, cfg, ctx)
     bs = cfg.batch_size or recipe.training.batch_size

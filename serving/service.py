@@ -19,7 +19,6 @@ The request/response contract, limits, reload and A/B rules: (docs/DESIGN.md, "S
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import hashlib
 import hmac
@@ -33,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from recsys_mtl.registry import Registry
+from recsys_mtl.threads import apply_thread_policy
 from serving.assignment import Assignment, assign
 from serving.config import ConfigError, ServingConfig, Variant, load_config
 from serving.inference import InferenceWorker, Job
@@ -118,9 +117,11 @@ class ScoringService:
     def start(self) -> None:
         """Start the inference thread and the watcher (which loads the models first)."""
         # RuntimeError: already set in this process (e.g. a second app in one test process)
-        with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(self.config.runtime.interop_threads)
-        torch.set_num_threads(self.config.runtime.torch_threads)
+        log.info(
+            apply_thread_policy(
+                self.config.runtime.torch_threads, interop=self.config.runtime.interop_threads
+            )
+        )
         self.worker.start()
         self._watcher.start()
 

@@ -9,6 +9,8 @@ import logging
 import sys
 import warnings
 
+from recsys_mtl.threads import configure_openmp
+
 # subcommand -> module under recsys_mtl.cli that defines `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "write synthetic Parquet data with ground-truth oracle columns"),
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         quiet_third_party()
+    # before any subcommand imports torch: libgomp reads how to wait when it loads (threads.py)
+    logging.getLogger("recsys_mtl.threads").debug(configure_openmp())
     return int(args._module.run(args) or 0)
 
 
