@@ -38,6 +38,8 @@ from torch import nn
 
 from recsys_mtl.atomic_files import write_json_atomic
 from recsys_mtl.distributed import ReplicatedTableOptimizer
+from recsys_mtl.model_state import predates_expert_banks, read_model_state
+from recsys_mtl.models.expert_bank import upgrade_state_dict
 from recsys_mtl.registry import Registry, RegistryError
 
 # The run directory's layout, and reading its latest.json, belong to recsys_mtl.run (which loads a
@@ -85,11 +87,7 @@ def save_training_checkpoint(
 
 def load_model_weights(model: nn.Module, checkpoint: Path) -> None:
     """Load only the model weights of a checkpoint into a (sharded or plain) model in place."""
-    import torch.distributed.checkpoint as dcp
-
-    state = model.state_dict()
-    dcp.load({"model": state}, checkpoint_id=str(checkpoint))
-    model.load_state_dict(state)
+    model.load_state_dict(read_model_state(model, checkpoint))
 
 
 def load_training_checkpoint(
@@ -107,6 +105,13 @@ def load_training_checkpoint(
     themselves always load."""
     import torch.distributed.checkpoint as dcp
 
+    if predates_expert_banks(model, checkpoint):
+        # the dense optimizer's state is per parameter, and the banks are other parameters
+        raise ValueError(
+            f"{checkpoint}: this checkpoint predates the batched experts (each expert a module of its "
+            "own), so training cannot resume from it; start a new run (its weights still evaluate, "
+            "export and warm-start a new run)"
+        )
     state = {"model": model.state_dict(), "sparse_optim": model.fused_optimizer.state_dict()}
     dcp.load(state, checkpoint_id=str(checkpoint))
     model.load_state_dict(state["model"])
@@ -132,6 +137,7 @@ def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> Non
     each rank copies the slices of the tables it holds (TorchRec ShardedTensor shard offsets)."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
+    weights = upgrade_state_dict(model, weights)  # a version published before the expert banks
     state = model.state_dict()
     missing = [k for k in state if k not in weights]
     if missing:

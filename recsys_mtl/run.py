@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,8 +92,7 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The run's recipe, transform, and trained model (unsharded, CPU, eval mode)."""
-    import torch.distributed.checkpoint as dcp
-
+    from recsys_mtl.model_state import read_model_state
     from recsys_mtl.models import build_model
     from recsys_mtl.transform import FeatureTransform
 
@@ -108,11 +106,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     recipe = recipe_from_dict(info["recipe"], str(path / RUN_FILE))
     transform = FeatureTransform.from_spec(info["transform"])
     model = build_model(recipe)
-    state = model.state_dict()
-    with warnings.catch_warnings():  # "torch.distributed is disabled": intended, no_dist
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load({"model": state}, checkpoint_id=str(latest[0]), no_dist=True)
-    model.load_state_dict(state)
+    model.load_state_dict(read_model_state(model, latest[0], no_dist=True))
     model.eval()
     return LoadedRun(path=path, recipe=recipe, transform=transform, model=model, info=info)
 

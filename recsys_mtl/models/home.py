@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recsys_mtl.models.experts import GatedExpert
+from recsys_mtl.models.expert_bank import ExpertBank, bank_groups
 from recsys_mtl.models.gates import Gate, SelfGate, mix
 from recsys_mtl.recipe import HoMEOptions
 
@@ -49,6 +49,7 @@ class _MaskedLevel(nn.Module):
 
     Experts: (name, input key, input width). Nodes: (name, input key, input width, visible expert
     names, own expert names). forward(inputs by key) -> (node outputs, gates, expert outputs).
+    Neighbouring experts that read one input run as one `ExpertBank` (level 1: all of them).
     """
 
     def __init__(
@@ -64,13 +65,22 @@ class _MaskedLevel(nn.Module):
     ) -> None:
         super().__init__()
         self.expert_names: list[str] = [e[0] for e in experts]
-        self.expert_inputs: list[str] = [e[1] for e in experts]
-        self.experts = nn.ModuleList(
-            [
-                GatedExpert(d, hidden, norm, dropout, feature_gate_rank, feature_gate_zero_init)
-                for _, _, d in experts
-            ]
-        )
+        self.bank_inputs: list[str] = []
+        banks: list[ExpertBank] = []
+        for key, start, stop in bank_groups([e[1] for e in experts]):
+            bank = ExpertBank(
+                stop - start,
+                experts[start][2],
+                hidden,
+                norm,
+                dropout,
+                feature_gate_rank,
+                feature_gate_zero_init,
+            )
+            bank.set_legacy([f"experts.{i}" for i in range(start, stop)], gated_layout=True, up=2)
+            banks.append(bank)
+            self.bank_inputs.append(key)
+        self.banks = nn.ModuleList(banks)
         self.out_dim: int = hidden[-1]
         idx = {n: i for i, n in enumerate(self.expert_names)}
         self.node_names: list[str] = [n[0] for n in nodes]
@@ -81,12 +91,18 @@ class _MaskedLevel(nn.Module):
         # self-gates exist only for nodes that own experts; node name -> own expert indices
         self.self_gates = nn.ModuleDict()
         self.own: dict[str, list[int]] = {}
+        self.own_span: dict[str, tuple[int, int]] = {}
         self.self_keys: dict[str, str] = {}  # node name -> ModuleDict key (names may hold '.')
         for i, (name, _, d, _, own) in enumerate(nodes):
             if self_gate and own:
                 self.self_keys[name] = f"node{i}"
                 self.self_gates[f"node{i}"] = SelfGate(d, len(own))
                 self.own[name] = [idx[o] for o in own]
+                # a node's own experts are neighbours in the level (built so): a slice, not a gather
+                lo, hi = min(self.own[name]), max(self.own[name]) + 1
+                if self.own[name] != list(range(lo, hi)):
+                    raise ValueError(f"HoME node {name}: its own experts are not contiguous")
+                self.own_span[name] = (lo, hi)
         self.gate_experts: dict[str, list[str]] = {n[0]: list(self.expert_names) for n in nodes}
         for name, i in self.own.items():
             self.gate_experts[name + "/self"] = [self.expert_names[j] for j in i]
@@ -94,8 +110,8 @@ class _MaskedLevel(nn.Module):
     def forward(
         self, inputs: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        outs = [e(inputs[k]) for e, k in zip(self.experts, self.expert_inputs, strict=True)]
-        stacked = torch.stack(outs, dim=1)  # [B, n, d]
+        parts = [bank(inputs[k]) for bank, k in zip(self.banks, self.bank_inputs, strict=True)]
+        stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, n, d]
         nodes: dict[str, torch.Tensor] = {}
         gates: dict[str, torch.Tensor] = {}
         for name, key, gate in zip(self.node_names, self.node_inputs, self.gates, strict=True):
@@ -105,9 +121,10 @@ class _MaskedLevel(nn.Module):
             if name in self.own:  # build-time constant
                 sg = self.self_gates[self.self_keys[name]](inputs[key])
                 gates[name + "/self"] = sg
-                h = h + mix(sg, torch.stack([outs[i] for i in self.own[name]], dim=1))
+                lo, hi = self.own_span[name]
+                h = h + mix(sg, stacked[:, lo:hi])
             nodes[name] = h
-        experts: dict[str, torch.Tensor] = {n: o for n, o in zip(self.expert_names, outs, strict=True)}
+        experts: dict[str, torch.Tensor] = {n: stacked[:, i] for i, n in enumerate(self.expert_names)}
         return nodes, gates, experts
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recsys_mtl.models.experts import Expert
+from recsys_mtl.models.expert_bank import ExpertBank
 from recsys_mtl.models.gates import Gate, mix
 
 BackboneOut = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -27,7 +27,8 @@ class MMoE(nn.Module):
     cost T times more).
 
     Both return (per-task f_k, gates {task: [B, n]}, expert outputs {name: [B, d]}); expert names
-    are ``expert_<i>``, or ``expert_<i>@<task>`` per task input.
+    are ``expert_<i>``, or ``expert_<i>@<task>`` per task input. The n experts run as one
+    `ExpertBank` (one batched kernel per layer).
     """
 
     def __init__(
@@ -35,26 +36,24 @@ class MMoE(nn.Module):
     ) -> None:
         super().__init__()
         self.tasks = list(tasks)
-        self.experts = nn.ModuleList(
-            [Expert(in_dim, expert_hidden, "none", dropout) for _ in range(num_experts)]
-        )
+        self.experts = ExpertBank(num_experts, in_dim, expert_hidden, "none", dropout)
+        self.experts.set_legacy([f"experts.{i}" for i in range(num_experts)], gated_layout=False)
         self.gates = nn.ModuleDict({t: Gate(in_dim, num_experts) for t in self.tasks})
         self.expert_names: list[str] = [f"expert_{i}" for i in range(num_experts)]
-        d = self.experts[0].out_dim
+        d = self.experts.out_dim
         self.out_dims: dict[str, int] = {t: d for t in self.tasks}
         self.gate_experts: dict[str, list[str]] = {t: list(self.expert_names) for t in self.tasks}
         self.task_gates: dict[str, str] = {t: t for t in self.tasks}
 
     def forward(self, x: torch.Tensor) -> BackboneOut:
-        outs = [e(x) for e in self.experts]
-        stacked = torch.stack(outs, dim=1)  # [B, n, d]
+        stacked = self.experts(x)  # [B, n, d]
         reprs: dict[str, torch.Tensor] = {}
         gates: dict[str, torch.Tensor] = {}
         for t in self.tasks:
             g = self.gates[t](x)
             gates[t] = g
             reprs[t] = mix(g, stacked)
-        experts: dict[str, torch.Tensor] = {n: o for n, o in zip(self.expert_names, outs, strict=True)}
+        experts: dict[str, torch.Tensor] = {n: stacked[:, i] for i, n in enumerate(self.expert_names)}
         return reprs, gates, experts
 
     def forward_per_task(self, xs: dict[str, torch.Tensor]) -> BackboneOut:
@@ -63,10 +62,10 @@ class MMoE(nn.Module):
         experts: dict[str, torch.Tensor] = {}
         for t in self.tasks:
             x = xs[t]
-            outs = [e(x) for e in self.experts]
+            stacked = self.experts(x)
             g = self.gates[t](x)
             gates[t] = g
-            reprs[t] = mix(g, torch.stack(outs, dim=1))
-            for n, o in zip(self.expert_names, outs, strict=True):
-                experts[f"{n}@{t}"] = o
+            reprs[t] = mix(g, stacked)
+            for i, n in enumerate(self.expert_names):
+                experts[f"{n}@{t}"] = stacked[:, i]
         return reprs, gates, experts

@@ -18,14 +18,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recsys_mtl.models.experts import Expert
+from recsys_mtl.models.expert_bank import ExpertBank
 from recsys_mtl.models.gates import Gate, mix
 
 BackboneOut = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
 class _Extraction(nn.Module):
-    """One CGC extraction level; ``with_shared_gate`` on every level but the last."""
+    """One CGC extraction level; ``with_shared_gate`` on every level but the last. Each task's
+    specific experts and the shared experts run as one `ExpertBank` each (they read different
+    inputs from level 2 on)."""
 
     def __init__(
         self,
@@ -42,12 +44,12 @@ class _Extraction(nn.Module):
         self.tasks = list(tasks)
         self.level = level
         self.specific = nn.ModuleDict(
-            {
-                t: nn.ModuleList([Expert(in_dim, hidden, "none", dropout) for _ in range(specific)])
-                for t in tasks
-            }
+            {t: ExpertBank(specific, in_dim, hidden, "none", dropout) for t in tasks}
         )
-        self.shared = nn.ModuleList([Expert(in_dim, hidden, "none", dropout) for _ in range(shared)])
+        for t, bank in self.specific.items():
+            bank.set_legacy([f"{t}.{j}" for j in range(specific)], gated_layout=False)
+        self.shared = ExpertBank(shared, in_dim, hidden, "none", dropout)
+        self.shared.set_legacy([f"shared.{j}" for j in range(shared)], gated_layout=False)
         self.task_gates = nn.ModuleDict({t: Gate(in_dim, specific + shared) for t in tasks})
         self.with_shared_gate = with_shared_gate
         n_all = specific * len(tasks) + shared
@@ -72,24 +74,24 @@ class _Extraction(nn.Module):
         p = f"L{self.level}/"
         experts: dict[str, torch.Tensor] = {}
         gates: dict[str, torch.Tensor] = {}
-        shared_outs = [e(shared_in) for e in self.shared]
-        for n, o in zip(self.shared_names, shared_outs, strict=True):
-            experts[n] = o
+        shared_outs = self.shared(shared_in)  # [B, shared, d]
+        for i, n in enumerate(self.shared_names):
+            experts[n] = shared_outs[:, i]
         task_out: dict[str, torch.Tensor] = {}
         all_specific: list[torch.Tensor] = []
         for t in self.tasks:
-            outs = [e(task_in[t]) for e in self.specific[t]]
-            for n, o in zip(self.specific_names[t], outs, strict=True):
-                experts[n] = o
-            all_specific.extend(outs)
+            outs = self.specific[t](task_in[t])  # [B, specific, d]
+            for i, n in enumerate(self.specific_names[t]):
+                experts[n] = outs[:, i]
+            all_specific.append(outs)
             g = self.task_gates[t](task_in[t])
             gates[p + t] = g
-            task_out[t] = mix(g, torch.stack(outs + shared_outs, dim=1))
+            task_out[t] = mix(g, torch.cat([outs, shared_outs], dim=1))
         shared_out = shared_in
         if self.shared_gate is not None:  # build-time constant
             g = self.shared_gate(shared_in)
             gates[p + "shared"] = g
-            shared_out = mix(g, torch.stack(all_specific + shared_outs, dim=1))
+            shared_out = mix(g, torch.cat([*all_specific, shared_outs], dim=1))
         return task_out, shared_out, gates, experts
 
 
