@@ -222,7 +222,12 @@ class ParquetReader:
                 self.transform.check_vectors(t)
             except TransformError as e:
                 at = f"row {u.start + e.row}" if e.row is not None else f"rows {u.start}-{u.stop - 1}"
-                raise DataError(f"row group {u.row_group}, {at}: {e.message}", u.info.path, e.field) from None
+                more = (
+                    f" ({e.rows} rows of the row group at fault)" if e.row is not None and e.rows > 1 else ""
+                )
+                raise DataError(
+                    f"row group {u.row_group}, {at}: {e.message}{more}", u.info.path, e.field
+                ) from None
         if self.holdout_items > 0:  # before windows and batches form: the batching rules hold
             keep = ~held_out(t.column(self.item_column), self.holdout_items)
             if not keep.all():

@@ -48,14 +48,35 @@ Columns = pa.Table | pa.RecordBatch | Mapping[str, Any]
 
 
 class TransformError(ValueError):
-    """Raw input that cannot be transformed; `field` names the offending feature column and `row`,
-    where one row is at fault, its index in the batch (for a request: the candidate index)."""
+    """Raw input that cannot be transformed; `field` names the offending feature column. Where rows
+    are at fault, `row` is the first one's index in the batch (for a request: the candidate index)
+    and `rows` how many there are; `message` does not repeat them, so each caller says where the
+    row is in its own words (the reader: file, row group and row; the server: the candidate)."""
 
-    def __init__(self, field: str, message: str, row: int | None = None) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, row: int | None = None, rows: int = 1) -> None:
+        where = f"row {row}: " if row is not None else ""
+        more = f" ({rows} rows at fault)" if row is not None and rows > 1 else ""
+        super().__init__(f"{field}: {where}{message}{more}")
         self.field = field
         self.message = message
         self.row = row
+        self.rows = rows
+
+
+def value_kind(t: pa.DataType, plural: bool = True) -> str:
+    """An Arrow type in JSON words where there are some ("strings", "a number")."""
+    for test, one, many in (
+        (pa.types.is_string, "a string", "strings"),
+        (pa.types.is_large_string, "a string", "strings"),
+        (pa.types.is_boolean, "a boolean", "booleans"),
+        (pa.types.is_integer, "a number", "numbers"),
+        (pa.types.is_floating, "a number", "numbers"),
+        (lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
+         "a list", "lists"),
+    ):  # fmt: skip
+        if test(t):
+            return many if plural else one
+    return str(t)
 
 
 @dataclass
@@ -365,62 +386,102 @@ class FeatureTransform:
         columns. The reader runs it on each row group as read, where a row index still points into
         the file (after the shuffle it would not)."""
         for f in self.vector_features:
-            with _naming(f):
-                self._vector(f, _column(columns, f.source))
+            self.check_vector(f, _column(columns, f.source))
+
+    def check_vector(self, f: FeatureSpec, col: pa.Array) -> None:
+        """Raise the `TransformError` the transform would raise on vector feature `f`'s column (the
+        server runs it on a request's column before queueing the request)."""
+        with _naming(f):
+            self._vector(f, col)
 
     @staticmethod
     def _vector(f: FeatureSpec, col: pa.Array) -> np.ndarray:
         """[rows, dense_width] float32: each row's vector (L2-normalised on request), then the missing
-        indicator under `missing: zeros`. Checks are columnar; errors name the first bad row."""
+        indicator under `missing: zeros`. The one implementation of a vector's rules (the server
+        checks requests with it before queueing them, the reader each row group as read): a list of
+        `dim` numbers, no null inside, every value finite as a float32, no null vector under
+        `missing: error`. Columnar; an error names the first row at fault, how many there are, and
+        where it is inside the vector."""
         assert f.dim is not None
         d, n = f.dim, len(col)
         out = np.zeros((n, d), np.float32)
-        missing = np.ones(n, bool)
         t = col.type
+        missing = (
+            col.is_null().to_numpy(zero_copy_only=False) if not pa.types.is_null(t) else np.ones(n, bool)
+        )
+        present = np.flatnonzero(~missing)
+        first = int(present[0]) if present.size else 0
         if not pa.types.is_null(t):
-            if pa.types.is_fixed_size_list(t) and t.list_size != d:
-                raise TransformError(f.source, f"has vectors of {t.list_size} values, expected {d} (dim)")
             if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
-                raise TransformError(f.source, f"expected a vector (a list of {d} numbers) per row, got {t}")
+                raise TransformError(
+                    f.source,
+                    f"expected a vector of {d} numbers (a JSON list; in Arrow or Parquet a "
+                    f"fixed_size_list<float32>[{d}]), "
+                    f"got {value_kind(t, plural=False)} ({t})",
+                    first,
+                    present.size,
+                )
+            if pa.types.is_fixed_size_list(t) and t.list_size != d:
+                raise TransformError(
+                    f.source,
+                    f"has {t.list_size} values, expected {d} (dim); the column is {t}",
+                    first,
+                    present.size,
+                )
             vt = t.value_type
             if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_null(vt)):
-                raise TransformError(f.source, f"expected vectors of numbers, got lists of {vt}")
-            lists = col.cast(pa.large_list(pa.float64())) if not pa.types.is_fixed_size_list(t) else col
-            missing = lists.is_null().to_numpy(zero_copy_only=False)
+                lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+                i = int(np.argmax(lengths > 0)) if lengths.any() else first
+                raise TransformError(
+                    f.source,
+                    f"expected a vector of {d} numbers, got a list of {value_kind(vt)}",
+                    i,
+                    present.size,
+                )
             if not pa.types.is_fixed_size_list(t):
-                ln = pc.list_value_length(lists).fill_null(d).to_numpy(zero_copy_only=False)
+                ln = pc.list_value_length(col).fill_null(d).to_numpy(zero_copy_only=False)
                 bad = np.flatnonzero(ln != d)
                 if bad.size:
                     i = int(bad[0])
                     raise TransformError(
-                        f.source,
-                        f"row {i} has {int(ln[i])} values, expected {d} (dim); {bad.size} such row(s)",
-                        i,
+                        f.source, f"has {int(ln[i])} values, expected {d} (dim)", i, bad.size
                     )
-            flat = lists.flatten()  # the present rows' values, slicing and null rows accounted for
-            present = np.flatnonzero(~missing)
+            flat = pc.list_flatten(col)  # the present rows' values, `d` each, slicing accounted for
             if flat.null_count:
-                k = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
-                i = int(present[k // d])
-                raise TransformError(f.source, f"row {i} has a null value inside its vector", i)
-            x = flat.cast(pa.float64()).to_numpy(zero_copy_only=False).reshape(-1, d)
-            # finite as the float32 the model reads: 1e39 is finite in float64 but inf in the tensor
-            finite = (np.abs(x) <= np.finfo(np.float32).max).all(axis=1)  # NaN compares False
-            if not finite.all():
-                i = int(present[np.flatnonzero(~finite)[0]])
+                at = np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))
+                rows = np.unique(present[at // d])
                 raise TransformError(
                     f.source,
-                    f"row {i} has a NaN, infinite or beyond-float32 value; {int((~finite).sum())} row(s)",
-                    i,
+                    f"value {int(at[0]) % d} of its vector is null; send null for the whole vector when it "
+                    "is missing",
+                    int(present[at[0] // d]),
+                    rows.size,
                 )
+            x = flat.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            # finite as the float32 the model reads: 1e39 is finite in float64 but inf in the tensor
+            ok = np.abs(x) <= np.finfo(np.float32).max  # NaN compares False
+            if not ok.all():
+                at = np.flatnonzero(~ok)
+                rows = np.unique(present[at // d])
+                k = int(at[0])
+                raise TransformError(
+                    f.source,
+                    f"value {k % d} of its vector is {float(x[k])!r}: NaN, infinite or beyond the float32 "
+                    "range (+-3.4e38)",
+                    int(present[k // d]),
+                    rows.size,
+                )
+            x = x.reshape(-1, d)
             if f.normalize == "l2":
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
             out[present] = x
         if f.missing == "error":
             if missing.any():
-                i = int(np.flatnonzero(missing)[0])
                 raise TransformError(
-                    f.source, f"row {i} has no vector (missing: error); {int(missing.sum())} such row(s)", i
+                    f.source,
+                    f"no vector (null), and feature {f.name} has `missing: error`",
+                    int(np.flatnonzero(missing)[0]),
+                    int(missing.sum()),
                 )
             return out
         return np.concatenate([out, missing[:, None].astype(np.float32)], axis=1)

@@ -39,7 +39,7 @@ import torch
 
 from recsys_mtl.loader import LoadedModel, TaskInfo
 from recsys_mtl.transform import FeatureBatch, TransformError
-from serving.request import RequestError, ScoreRequest
+from serving.request import RequestError, ScoreRequest, transform_refusal
 
 log = logging.getLogger("serving.inference")
 
@@ -63,17 +63,12 @@ class Job:
 
 def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
     """The request's features as model inputs; a transform error becomes a RequestError naming
-    where the offending column was sent and, when one row is at fault (`TransformError.row`), the
-    candidate (vectors are checked before they are queued, `serving.request.check_vectors`, so
-    this is the fallback)."""
+    where the offending column was sent and, where rows are at fault, the candidate (vectors are
+    checked before they are queued, `serving.request.check_vectors`, by the same rules)."""
     try:
         return model.transform(req.candidates, shared=req.features)
     except TransformError as e:
-        where = "features" if e.field in req.features else "candidates"
-        message = e.message
-        if e.row is not None:
-            message = f"{'request-level value' if where == 'features' else f'candidate {e.row}'}: {message}"
-        raise RequestError(f"{where}.{e.field}", message) from None
+        raise transform_refusal(e, "features" if e.field in req.features else "candidates") from None
     except Exception as e:  # the transform names the column of what it expects; this is a bug
         log.warning("unexpected transform error on a request (answered 422)", exc_info=True)
         raise RequestError("candidates", f"cannot be transformed ({type(e).__name__})") from None

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 from recsys_mtl.ids import IdError, canonical_scalar, int_from_canonical
 from recsys_mtl.loader import LoadedModel
 from recsys_mtl.recipe import FeatureSpec
+from recsys_mtl.transform import TransformError
 from serving.arrow_ipc import ACCEPTED_TYPES, StreamError, read_stream, type_ok
 from serving.config import Runtime
 
@@ -61,7 +62,6 @@ JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _TOP_LEVEL = {"user_id", "features", "candidates", "tasks", "variant", "request_id"}
 MAX_TASKS = 64
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # a vector value beyond it would be inf in the model
 
 
 class RequestError(ValueError):
@@ -573,14 +573,12 @@ def _sent(req: ScoreRequest, f: FeatureSpec) -> list[tuple[str, pa.Array]]:
 
 def check_vectors(req: ScoreRequest, model: LoadedModel, limits: Runtime) -> None:
     """Every vector feature's column against the model, on the event loop before the request is
-    queued (the transform applies the same rules later, on the inference thread, in its own words;
-    all but the float32 range): the floats of all vectors within `runtime.max_vector_values` (413),
-    then per column a vector type (a list of numbers), `dim` values per vector, no null inside one,
-    every value finite and within the float32 range (JSON has no NaN, but 1e39 would be inf in the
-    model), and no null vector under `missing: error`. Each refusal is a 422 naming the column and
+    queued: the floats of all vectors within `runtime.max_vector_values` (413), then each column by
+    the transform's own rules (`FeatureTransform.check_vector`: a list of `dim` numbers, no null
+    inside, every value finite as a float32, no null vector under `missing: error`), so a bad vector
+    is refused before it waits for the inference thread. Each refusal is a 422 naming the column and
     the first candidate at fault ("candidate 17: has 31 values, expected 32 (dim)"); a vector sent
-    in `features` is the "request-level value". Columnar: the lengths are checked from the offsets
-    before any value is read."""
+    in `features` is the "request-level value". Columnar: no loop over candidates."""
     held: list[tuple[str, int]] = []
     for f in model.transform.vector_features:
         for where, col in _sent(req, f):
@@ -598,7 +596,23 @@ def check_vectors(req: ScoreRequest, model: LoadedModel, limits: Runtime) -> Non
         )
     for f in model.transform.vector_features:
         for where, col in _sent(req, f):
-            _check_vector(f"{where}.{f.source}", col, f, per_candidate=where == "candidates")
+            try:
+                model.transform.check_vector(f, col)
+            except TransformError as e:
+                raise transform_refusal(e, where) from None
+
+
+def transform_refusal(e: TransformError, where: str) -> RequestError:
+    """A transform error as the request's 422: the field as the client sent it (`features.<col>` or
+    `candidates.<col>`) and, where rows are at fault, the first candidate and how many there are."""
+    message = e.message
+    if e.row is not None:
+        if where == "features":
+            message = f"request-level value: {message}"
+        else:
+            more = f" ({e.rows} candidates at fault)" if e.rows > 1 else ""
+            message = f"candidate {e.row}: {message}{more}"
+    return RequestError(f"{where}.{e.field}", message)
 
 
 def _vector_values(col: pa.Array) -> int:
@@ -609,84 +623,6 @@ def _vector_values(col: pa.Array) -> int:
     if _is_list(t):
         return int(pc.sum(pc.list_value_length(col)).as_py() or 0)
     return 0
-
-
-def _check_vector(field: str, col: pa.Array, f: FeatureSpec, per_candidate: bool) -> None:
-    assert f.dim is not None
-    dim, t = f.dim, col.type
-
-    def who(i: int) -> str:
-        return f"candidate {i}" if per_candidate else "request-level value"
-
-    def refuse(i: int, message: str) -> RequestError:
-        return RequestError(field, f"{who(i)}: {message}")
-
-    missing = (
-        col.is_null().to_numpy(zero_copy_only=False) if not pa.types.is_null(t) else np.ones(len(col), bool)
-    )
-    first_present = int(np.argmin(missing)) if len(col) else 0  # 0 when every vector is missing
-    if pa.types.is_null(t):
-        pass  # every vector missing
-    elif pa.types.is_fixed_size_list(t):
-        if t.list_size != dim:
-            raise refuse(first_present, f"has {t.list_size} values, expected {dim} (dim); the column is {t}")
-    elif _is_list(t):
-        vt = t.value_type
-        if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_null(vt)):
-            lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-            i = int(np.argmax(lengths > 0)) if lengths.any() else first_present
-            raise refuse(i, f"expected a vector of {dim} numbers, got a list of {_value_kind(vt)}")
-        lengths = pc.list_value_length(col).fill_null(dim).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(lengths != dim)
-        if bad.size:
-            i = int(bad[0])
-            more = f"; {bad.size} candidates have a wrong length" if per_candidate and bad.size > 1 else ""
-            raise refuse(i, f"has {int(lengths[i])} values, expected {dim} (dim){more}")
-    else:
-        raise refuse(
-            first_present,
-            f"expected a vector of {dim} numbers (a JSON list; in Arrow a fixed_size_list<float32>[{dim}]), "
-            f"got {_value_kind(t, plural=False)} ({t})",
-        )
-    if not pa.types.is_null(t):
-        present = np.flatnonzero(~missing)
-        flat = pc.list_flatten(col)  # the present vectors' values, `dim` each, in order
-        if flat.null_count:
-            k = int(np.argmax(flat.is_null().to_numpy(zero_copy_only=False)))
-            raise refuse(
-                int(present[k // dim]),
-                f"value {k % dim} of its vector is null; send null for the whole vector when it is missing",
-            )
-        x = flat.to_numpy(zero_copy_only=False)
-        if pa.types.is_floating(flat.type):
-            ok = np.isfinite(x) & (np.abs(x) <= FLOAT32_MAX)
-            if not ok.all():
-                k = int(np.argmin(ok))
-                rows = np.unique(present[np.flatnonzero(~ok) // dim])
-                more = f"; {rows.size} candidates have one" if per_candidate and rows.size > 1 else ""
-                raise refuse(
-                    int(present[k // dim]),
-                    f"value {k % dim} of its vector is {float(x[k])!r}: NaN, infinite or beyond the float32 "
-                    f"range (+-3.4e38){more}",
-                )
-    if f.missing == "error" and missing.any():
-        i = int(np.argmax(missing))
-        raise refuse(i, f"no vector (null), and feature {f.name} has `missing: error`")
-
-
-def _value_kind(t: pa.DataType, plural: bool = True) -> str:
-    """What a client sent, in JSON words where there are some ("strings", "a number")."""
-    for test, one, many in (
-        (pa.types.is_string, "a string", "strings"),
-        (pa.types.is_large_string, "a string", "strings"),
-        (pa.types.is_boolean, "a boolean", "booleans"),
-        (pa.types.is_integer, "a number", "numbers"),
-        (pa.types.is_floating, "a number", "numbers"),
-        (_is_list, "a list", "lists"),
-    ):
-        if test(t):
-            return many if plural else one
-    return str(t)
 
 
 def _user_feature(user_id: str, model: LoadedModel, column: str) -> pa.Array:

@@ -115,32 +115,45 @@ def test_l2_normalisation_and_the_shared_broadcast() -> None:
 @pytest.mark.parametrize(
     ("col", "row", "message"),
     [
-        (pa.array([[1.0, 2.0, 3.0], [1.0, 2.0]]), 1, r"row 1 has 2 values, expected 3 \(dim\)"),
-        (pa.array([[1.0, None, 3.0], [1.0, 2.0, 3.0]]), 0, "row 0 has a null value inside its vector"),
+        (pa.array([[1.0, 2.0, 3.0], [1.0, 2.0]]), 1, r"row 1: has 2 values, expected 3 \(dim\)$"),
+        (
+            pa.array([[1.0, None, 3.0], [1.0, 2.0, 3.0], [None, 1.0, 1.0]]),
+            0,
+            r"row 0: value 1 of its vector is null; send null .* \(2 rows at fault\)$",
+        ),
         (
             pa.array([[1.0, 2.0, 3.0], [1.0, float("nan"), 3.0]]),
             1,
-            "row 1 has a NaN, infinite or beyond-float32",
+            r"row 1: value 1 of its vector is nan: NaN, infinite or beyond the float32 range",
         ),
-        (fixed([None, [1.0, float("inf"), 3.0]]), 1, "row 1 has a NaN, infinite or beyond-float32"),
-        (pa.array([[1.0, 2.0, 3.0], [1e39, 2.0, 3.0]]), 1, "row 1 has a NaN, infinite or beyond-float32"),
-        (pa.array([["a", "b", "c"]]), None, "expected vectors of numbers"),
-        (pa.array([1.0, 2.0]), None, "expected a vector"),
-        (fixed([[1.0, 2.0]], dim=2), None, "has vectors of 2 values, expected 3"),
+        (fixed([None, [1.0, float("inf"), 3.0]]), 1, "row 1: value 1 of its vector is inf"),
+        (pa.array([[1.0, 2.0, 3.0], [1e39, 2.0, 3.0]]), 1, "row 1: value 0 of its vector is 1e[+]39"),
+        (
+            pa.array([None, ["a", "b", "c"]]),
+            1,
+            "row 1: expected a vector of 3 numbers, got a list of strings",
+        ),
+        (pa.array([1.0, 2.0]), 0, r"row 0: expected a vector of 3 numbers .*got a number \(double\)"),
+        (
+            fixed([[1.0, 2.0]], dim=2),
+            0,
+            "row 0: has 2 values, expected 3 \\(dim\\); the column is fixed_size_list",
+        ),
     ],
 )
 def test_bad_vectors_name_the_column_and_row(col: pa.Array, row: int | None, message: str) -> None:
-    with pytest.raises(TransformError, match=message) as e:
+    with pytest.raises(TransformError, match=f"^content: {message}") as e:
         FeatureTransform([vec()])({"content": col})
     assert e.value.field == "content" and e.value.row == row
+    assert not e.value.message.startswith("row")  # each caller says where the row is, once
 
 
 def test_missing_error_refuses_a_null_vector() -> None:
     t = FeatureTransform([vec(missing="error")])
     assert t.dense_width == 3
-    with pytest.raises(TransformError, match="row 1 has no vector") as e:
+    with pytest.raises(TransformError, match="row 1: no vector \\(null\\), and feature content has") as e:
         t({"content": fixed([[1.0, 2.0, 3.0], None])})
-    assert e.value.row == 1
+    assert e.value.row == 1 and e.value.rows == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +184,8 @@ def test_reader_names_file_row_group_and_row_of_a_bad_vector(tmp_path: Path, rec
         list(reader)
     msg = str(e.value)
     assert str(path) in msg and "creative_content" in msg
-    assert f"row group 2, row {bad_row - 100}: row {bad_row - 100} has a NaN" in msg
+    assert f"row group 2, row {bad_row - 100}: value 5 of its vector is nan" in msg
+    assert msg.count(f"row {bad_row - 100}") == 1  # said once
 
 
 def test_partition_check_names_a_column_of_the_wrong_type(tmp_path: Path, recipe: Recipe) -> None:

@@ -258,7 +258,7 @@ def test_arrow_vector_errors_name_the_column_and_the_candidate(published: Publis
         "candidate 0: expected a vector of 32 numbers, got a list of strings": pa.array(
             [[str(a) for a in v] if v else None for v in rows.column(COL).to_pylist()]
         ),
-        "candidate 0: expected a vector of 32 numbers (a JSON list; in Arrow a fixed_size_list": pa.array(
+        "candidate 0: expected a vector of 32 numbers (a JSON list; in Arrow or Parquet a fixed_size_list": pa.array(
             x[:, 0].astype(np.float64)
         ),
     }
@@ -327,7 +327,7 @@ def test_a_transform_error_naming_a_row_names_the_candidate(published: Published
     with pytest.raises(RequestError) as e:
         transform_request(published.fp32, req)  # check_against_model skipped
     assert e.value.field == f"candidates.{COL}" and e.value.message.startswith(
-        "candidate 2: row 2 has 31 values"
+        "candidate 2: has 31 values, expected 32 (dim)"
     )
 
 
@@ -337,7 +337,10 @@ def test_scores_that_overflow_are_a_422_for_that_request_only(published: Publish
     the request merged with it in the same forward is scored as usual."""
     m = published.fp32
     rows = _rows(published, 4, seed=7)
-    huge = _checked(published, _json_body(rows, c2=[3.4e38 * (-1) ** k for k in range(DIM)]))
+    # values at the float32 limit, signed like the projection's weights into its first unit: that
+    # unit's sum is then far beyond float32 whatever the trained weights are
+    w = published.net.dense_input.projections[0].weight[0, :DIM].detach()
+    huge = _checked(published, _json_body(rows, c2=[3.4e38 if float(v) >= 0 else -3.4e38 for v in w]))
     good = _checked(published, _json_body(rows))
     jobs = [Job(model=m, request=r, tasks=m.wanted(None)) for r in (huge, good)]
     assert score_jobs(jobs) == (2, 8)
