@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from recsys_mtl.threads import OMP_WAIT_PATTERN
 from recsys_mtl.yaml_config import field_errors, read_yaml
 
 
@@ -465,6 +466,15 @@ class TrainingSpec(_Strict):
         description="Validate on the held-out days after every epoch (mean AUC of binary tasks and "
         "C-index of hazard tasks), stop once it has not improved for this many epochs, and end "
         "with the best epoch's weights; `epochs` is then the maximum. None: no early stopping.",
+    )
+    omp_wait: str = Field(
+        default="short-spin",
+        pattern=OMP_WAIT_PATTERN,
+        description="How torch's OpenMP threads wait at a barrier (recsys_mtl/threads.py): short-spin "
+        "(GOMP_SPINCOUNT=10000, the default), passive (sleep at once: the most robust beside other "
+        "CPU-bound work, slower on a quiet machine), libgomp (its own long spin), inherit (the "
+        "environment decides), or a spin count. Read by the command line before torch loads; "
+        "OMP_WAIT_POLICY / GOMP_SPINCOUNT / RECSYS_MTL_OMP_POLICY in the environment win.",
     )
     allow_untrained_tasks: bool = Field(
         default=False,

@@ -12,7 +12,8 @@ job beside the server) decide it (docs/BENCHMARKS.md, "Throughput on a shared ma
   two busy loops kept 22% of its quiet speed. Sleeping at once (OMP_WAIT_POLICY=PASSIVE) survives
   contention but costs a quarter of the quiet speed (a wake-up per barrier). `configure_openmp`
   sets a short spin (`SPIN_COUNT`) that keeps both, unless the environment already says how to
-  wait (OMP_WAIT_POLICY or GOMP_SPINCOUNT given by the user) or RECSYS_MTL_OMP_POLICY=inherit.
+  wait (OMP_WAIT_POLICY or GOMP_SPINCOUNT given by the user), RECSYS_MTL_OMP_POLICY says another
+  policy, or the recipe (`training.omp_wait`) or serving config (`runtime.omp_wait`) does.
 
 libgomp reads its variables once, when torch loads it: `configure_openmp` must run before the first
 `import torch`, which is why the command line calls it first thing (`recsys_mtl.cli.main`) and
@@ -33,8 +34,16 @@ log = logging.getLogger("recsys_mtl.threads")
 
 # Iterations a waiting OpenMP thread spins before it sleeps (libgomp's default is 300,000).
 SPIN_COUNT = "10000"
-# RECSYS_MTL_OMP_POLICY: "short-spin" (the default) or "inherit" (leave the environment alone)
+# How OpenMP threads wait, in the recipe (`training.omp_wait`), the serving config
+# (`runtime.omp_wait`) or this environment variable (which wins over both):
+#   "short-spin"  GOMP_SPINCOUNT=SPIN_COUNT (the default): quiet speed kept, contention survived
+#   "passive"     OMP_WAIT_POLICY=PASSIVE: sleep at once (most robust, a quarter slower when quiet)
+#   "libgomp"     libgomp's own default (a 300,000-iteration spin): the fastest on a machine of its own
+#   "inherit"     leave the environment alone
+#   an integer    GOMP_SPINCOUNT=<n>
 POLICY_ENV = "RECSYS_MTL_OMP_POLICY"
+OMP_WAIT_CHOICES = ("short-spin", "passive", "libgomp", "inherit")
+OMP_WAIT_PATTERN = r"^(short-spin|passive|libgomp|inherit|[0-9]{1,12})$"
 _USER_OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
@@ -85,21 +94,55 @@ def threads_for(ranks: int = 1, cpus: CPUs | None = None) -> int:
     return max(1, cpus.count // max(1, ranks))
 
 
-def configure_openmp(environ: dict[str, str] | None = None) -> str:
-    """Set libgomp's waiting (module docstring) in `environ` (default: this process's) unless the
-    user has; returns a line saying what holds. Call before torch is imported."""
+def configure_openmp(environ: dict[str, str] | None = None, setting: str | None = None) -> str:
+    """Set libgomp's waiting (module docstring) in `environ` (default: this process's) and return a
+    line saying what holds. What decides, first to last: OMP_WAIT_POLICY or GOMP_SPINCOUNT set by
+    the user, then RECSYS_MTL_OMP_POLICY, then `setting` (the recipe's `training.omp_wait` or the
+    serving config's `runtime.omp_wait`), then "short-spin". Call before torch is imported."""
     env = os.environ if environ is None else environ
     given = {k: env[k] for k in _USER_OMP_VARS if k in env}
-    if env.get(POLICY_ENV, "short-spin") == "inherit":
-        what = given or "libgomp defaults"
-        return f"OpenMP waiting: as the environment says ({what}; {POLICY_ENV}=inherit)"
     if given:
         return f"OpenMP waiting: as the environment says ({given})"
-    env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    source = POLICY_ENV if POLICY_ENV in env else ("the config" if setting else "the default")
+    policy = env.get(POLICY_ENV) or setting or "short-spin"
+    if policy == "inherit":
+        return f"OpenMP waiting: libgomp defaults (inherit, from {source})"
+    if policy == "libgomp":
+        return f"OpenMP waiting: libgomp defaults (a 300,000-iteration spin; from {source})"
+    if policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        what = "OMP_WAIT_POLICY=PASSIVE (sleep at once)"
+    elif policy == "short-spin" or policy.isdigit():
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT if policy == "short-spin" else policy
+        what = f"GOMP_SPINCOUNT={env['GOMP_SPINCOUNT']} (spin, then sleep)"
+    else:
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+        return (
+            f"OpenMP waiting: GOMP_SPINCOUNT={SPIN_COUNT}; {policy!r} from {source} is not a policy "
+            f"({', '.join(OMP_WAIT_CHOICES)} or a spin count)"
+        )
     late = environ is None and "torch" in sys.modules
-    return f"OpenMP waiting: GOMP_SPINCOUNT={SPIN_COUNT} (a short spin, then sleep)" + (
+    return f"OpenMP waiting: {what}, from {source}" + (
         " - torch was already loaded, so it applies to child processes only" if late else ""
     )
+
+
+def omp_wait_from_file(path: str | os.PathLike[str] | None, section: str) -> str | None:
+    """`<section>.omp_wait` of a YAML recipe or serving config, read before torch loads (the full
+    validation comes later, with the rest of the file); None when absent or unreadable."""
+    if path is None:
+        return None
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+        value = doc[section]["omp_wait"]
+    except (OSError, KeyError, TypeError, ValueError, ImportError):
+        return None
+    except Exception:  # a malformed YAML: the loader that follows reports it properly
+        return None
+    return str(value) if value is not None else None
 
 
 def apply_thread_policy(threads: int | None = None, ranks: int = 1, interop: int | None = None) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recsys_mtl.registry import RegistryError, check_name
+from recsys_mtl.threads import OMP_WAIT_PATTERN
 from recsys_mtl.yaml_config import field_errors, read_yaml
 
 
@@ -123,6 +124,12 @@ class Runtime(_Strict):
         default=1, ge=1, le=256, description="intra-op threads of the forward (cores - 1 is a good start)"
     )
     interop_threads: int = Field(default=1, ge=1, le=64)
+    omp_wait: str = Field(
+        default="short-spin",
+        pattern=OMP_WAIT_PATTERN,
+        description="how OpenMP threads wait (recsys_mtl/threads.py): short-spin, passive, libgomp, inherit "
+        "or a spin count; read by `recsys-mtl serve` before torch loads, so a reload does not change it",
+    )
     max_candidates: int = Field(default=2000, ge=1, description="candidates per request")
     max_batch_candidates: int = Field(
         default=4096, ge=1, description="concurrent requests are merged into one forward up to this"

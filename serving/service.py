@@ -194,7 +194,7 @@ class ScoringService:
             return self._reject_config(
                 f"{self.config_path}: variants {missing} have no servable model ({'; '.join(errors)})"
             )
-        for key in ("torch_threads", "interop_threads"):
+        for key in ("torch_threads", "interop_threads", "omp_wait"):
             if getattr(new.runtime, key) != getattr(self.config.runtime, key):
                 log.warning("runtime.%s changed: it takes effect when the server restarts", key)
         self.config = new

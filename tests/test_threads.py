@@ -19,6 +19,7 @@ from recsys_mtl.threads import (
     apply_thread_policy,
     available_cpus,
     configure_openmp,
+    omp_wait_from_file,
     threads_for,
 )
 
@@ -80,6 +81,52 @@ def test_openmp_waiting_is_set_unless_the_user_said() -> None:
     assert "GOMP_SPINCOUNT" not in env
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (None, {"GOMP_SPINCOUNT": SPIN_COUNT}),
+        ("short-spin", {"GOMP_SPINCOUNT": SPIN_COUNT}),
+        ("passive", {"OMP_WAIT_POLICY": "PASSIVE"}),
+        ("libgomp", {}),
+        ("inherit", {}),
+        ("2500", {"GOMP_SPINCOUNT": "2500"}),
+    ],
+)
+def test_the_recipe_or_config_says_how_to_wait(setting: str | None, expected: dict[str, str]) -> None:
+    env: dict[str, str] = {}
+    line = configure_openmp(env, setting)
+    assert env == expected, line
+    assert ("from the config" in line) == (setting is not None)
+    # the environment wins over the file: the policy variable, then the user's own libgomp variables
+    env = {POLICY_ENV: "passive"}
+    configure_openmp(env, setting)
+    assert env == {POLICY_ENV: "passive", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"GOMP_SPINCOUNT": "5"}
+    configure_openmp(env, setting)
+    assert env == {"GOMP_SPINCOUNT": "5"}
+
+
+def test_omp_wait_is_validated_where_it_is_written(tmp_path: Path) -> None:
+    from recsys_mtl.recipe import TrainingSpec
+    from serving.config import Runtime
+
+    assert TrainingSpec().omp_wait == "short-spin" and Runtime().omp_wait == "short-spin"
+    for ok in ("passive", "libgomp", "inherit", "20000"):
+        assert TrainingSpec(omp_wait=ok).omp_wait == ok and Runtime(omp_wait=ok).omp_wait == ok
+    for bad in ("PASSIVE ", "spin", "-1", ""):
+        with pytest.raises(ValueError, match="omp_wait"):
+            TrainingSpec(omp_wait=bad)
+        with pytest.raises(ValueError, match="omp_wait"):
+            Runtime(omp_wait=bad)
+    f = tmp_path / "r.yaml"
+    f.write_text("training: {omp_wait: passive}\n")
+    assert omp_wait_from_file(f, "training") == "passive"
+    assert omp_wait_from_file(f, "runtime") is None
+    f.write_text("training: [unclosed\n")
+    assert omp_wait_from_file(f, "training") is None  # the recipe loader reports it, not this
+    assert omp_wait_from_file(tmp_path / "absent.yaml", "training") is None
+
+
 def test_apply_sets_torch_threads_and_reports_them() -> None:
     before = torch.get_num_threads()
     try:
@@ -105,3 +152,18 @@ def test_the_command_line_sets_the_spin_before_torch_loads(tmp_path: Path) -> No
     env["GOMP_SPINCOUNT"] = "777"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "777"
+
+
+def test_the_command_line_reads_omp_wait_from_the_recipe_before_torch_loads(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    text = Path(__file__).resolve().parents[1].joinpath("configs", "ads_ranker.yaml").read_text()
+    recipe.write_text(text.replace("training:\n", "training:\n  omp_wait: passive\n", 1))
+    probe = (
+        "import os, sys; from recsys_mtl.cli import main; import recsys_mtl.cli.summary as s; "
+        "s.run = lambda args: print('torch loaded' if 'torch' in sys.modules else 'torch not loaded', "
+        "os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT')); "
+        f"main(['summary', '--data', '.', '--recipe', {str(recipe)!r}])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", POLICY_ENV)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["torch", "not", "loaded", "PASSIVE", "None"]

@@ -9,7 +9,7 @@ import logging
 import sys
 import warnings
 
-from recsys_mtl.threads import configure_openmp
+from recsys_mtl.threads import configure_openmp, omp_wait_from_file
 
 # subcommand -> module under recsys_mtl.cli that defines `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(ours).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         quiet_third_party()
-    # before any subcommand imports torch: libgomp reads how to wait when it loads (threads.py)
-    logging.getLogger("recsys_mtl.threads").debug(configure_openmp())
+    # before any subcommand imports torch: libgomp reads how to wait when it loads (threads.py); the
+    # recipe's `training.omp_wait` or the serving config's `runtime.omp_wait` may say how
+    setting = omp_wait_from_file(getattr(args, "recipe", None), "training") or omp_wait_from_file(
+        getattr(args, "config", None), "runtime"
+    )
+    logging.getLogger("recsys_mtl.threads").debug(configure_openmp(setting=setting))
     return int(args._module.run(args) or 0)
 
 
