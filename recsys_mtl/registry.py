@@ -19,6 +19,11 @@ Guarantees, and how they are kept:
   to its version name (one atomic `rename(2)`) and fsyncs the parent, so after a crash the version
   is either complete or absent. Readers list only directories whose names are valid versions, and
   dot-prefixed names never are.
+- A model too large to hold twice in memory is published with `stage`: its files are streamed
+  into that same temporary directory one by one (hashed as they are written,
+  recsys_mtl.streamed_write) and checked there before `StagedVersion.commit` renames it; `publish`
+  is `stage` with every file given as bytes. `verified_path` checks a file's sha256 by streaming
+  it and hands its loader that same open file.
 - The temporary directory of an exporter that died is removed by the next export at once, and a
   live exporter's never: each exporter holds an exclusive `flock` on `.lock` inside its directory
   for as long as it lives (the kernel drops it when the process dies, however it dies), and the
@@ -69,11 +74,12 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from recsys_mtl.atomic_files import fsync_dir, json_bytes, write_bytes_atomic, write_new_synced
+from recsys_mtl.streamed_write import CHUNK, WrittenFile, write_path, write_stream
 
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "current.json"
@@ -180,6 +186,28 @@ def _replace_synced(d: Path, target: str, data: bytes) -> None:
     write_bytes_atomic(d / target, data, tmp_prefix=TMP_PREFIX)
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced or written: device, inode, size, mtime. (Not ctime:
+    renaming another file onto the name changes the open file's link count, hence its ctime,
+    and that is harmless to a reader of the open file.)"""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _check_integrity(p: Path, entry: Mapping[str, Any], size: int, digest: str) -> None:
+    """IntegrityError unless `size` and `digest` are what the manifest entry records."""
+    want_bytes = entry.get("bytes")
+    if want_bytes is not None and size != int(want_bytes):
+        raise IntegrityError(
+            f"{p}: {size} bytes, the manifest says {want_bytes}: the file was modified or "
+            "truncated; refusing to load it"
+        )
+    if digest != entry["sha256"]:
+        raise IntegrityError(
+            f"{p}: sha256 mismatch (manifest {entry['sha256'][:16]}..., file {digest[:16]}...): "
+            "the file was modified or corrupted; refusing to load it"
+        )
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on `path`, or None if another live process holds it.
     FileNotFoundError if there is no such file."""
@@ -235,6 +263,77 @@ class _Staging:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _check_file_name(fname: str) -> None:
+    if fname == MANIFEST_FILE or not _NAME_RE.match(fname):
+        raise RegistryError(f"invalid file name {fname!r} for a registry version")
+
+
+class StagedVersion:
+    """A version being written (`Registry.stage`): its files go into a locked temporary directory
+    and become a version only by `commit`. Every file is fsynced as it is written."""
+
+    def __init__(self, registry: Registry, name: str, staging: _Staging) -> None:
+        self.registry = registry
+        self.name = name
+        self._staging = staging
+        self.committed = False
+
+    @property
+    def path(self) -> Path:
+        """The temporary directory (readable: a writer may load what it staged to check it)."""
+        return self._staging.path
+
+    def _target(self, fname: str) -> Path:
+        _check_file_name(fname)
+        return self.path / fname
+
+    def write(self, fname: str, data: bytes) -> WrittenFile:
+        """Stage a file given as bytes (created exclusively, fsynced); its sha256 and size."""
+        p = self._target(fname)
+        try:
+            write_new_synced(p, data)
+        except OSError as e:
+            raise RegistryWriteError(self.path.parent, "nothing was published", e) from e
+        return WrittenFile(hashlib.sha256(data).hexdigest(), len(data))
+
+    def write_stream(self, fname: str, produce: Callable[[BinaryIO], None]) -> WrittenFile:
+        """Stage a file that `produce(file)` writes into a file object (e.g. `torch.save`),
+        streamed to disk and hashed on the way, never whole in memory; its sha256 and size."""
+        try:
+            return write_stream(self._target(fname), produce)
+        except OSError as e:
+            raise RegistryWriteError(self.path.parent, "nothing was published", e) from e
+
+    def write_path(self, fname: str, produce: Callable[[str], None], expected_bytes: int) -> WrittenFile:
+        """Stage a file that `produce(path)` writes to a path (e.g. `torch.jit.save`), after a
+        check that about `expected_bytes` fit (recsys_mtl.streamed_write: `write_path`); its
+        sha256 and size."""
+        try:
+            return write_path(self._target(fname), produce, expected_bytes)
+        except OSError as e:
+            raise RegistryWriteError(self.path.parent, "nothing was published", e) from e
+
+    def commit(
+        self,
+        manifest: Mapping[str, Any],
+        version: str | int | None = None,
+        max_attempts: int = 100,
+        *,
+        promote: bool = False,
+        expect: Expect = UNSET,
+    ) -> str:
+        """Write manifest.json and rename the directory to a free version (see `Registry.publish`
+        for the arguments and errors); the version's name."""
+        if self.committed:
+            raise RegistryError(f"{self.path}: already committed")
+        explicit = None if version is None else check_name("version", str(version))
+        reg = self.registry
+        with reg._locked(self.name) if promote else contextlib.nullcontext(self.path):
+            v = reg._commit(self._staging, self.name, manifest, explicit, max_attempts, promote, expect)
+        self.committed = True
+        return v
 
 
 class Registry:
@@ -362,6 +461,13 @@ class Registry:
         data = self._read_json(self.root / check_name("model name", name) / ROLLBACKS_FILE)
         return {str(k): dict(v) for k, v in (data or {}).items() if isinstance(v, dict)}
 
+    def _entry_path(self, name: str, version: str | int, entry: Mapping[str, Any]) -> Path:
+        """The path of the file a manifest entry {"file", "sha256", "bytes"} names, its name checked."""
+        d = self.version_dir(name, version)
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
+            raise RegistryError(f"{d}: the manifest entry {entry!r} has no file and sha256")
+        return d / check_name("file name", str(entry.get("file")))
+
     def read_verified(self, name: str, version: str | int, entry: Mapping[str, Any]) -> bytes:
         """The bytes of a version's file described by a manifest entry {"file", "sha256", "bytes"},
         checked against both before they are returned, so the caller loads exactly what was
@@ -371,27 +477,53 @@ class Registry:
             RegistryError: no such version, or an entry without file/sha256.
             IntegrityError: the file's size or sha256 differs from the manifest's.
         """
-        d = self.version_dir(name, version)
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("sha256"), str):
-            raise RegistryError(f"{d}: the manifest entry {entry!r} has no file and sha256")
-        p = d / check_name("file name", str(entry.get("file")))
+        p = self._entry_path(name, version, entry)
         try:
             data = p.read_bytes()
         except OSError as e:
             raise RegistryError(f"{p}: cannot read it ({e.strerror})") from None
-        want_bytes = entry.get("bytes")
-        if want_bytes is not None and len(data) != int(want_bytes):
-            raise IntegrityError(
-                f"{p}: {len(data)} bytes, the manifest says {want_bytes}: the file was modified or "
-                "truncated; refusing to load it"
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != entry["sha256"]:
-            raise IntegrityError(
-                f"{p}: sha256 mismatch (manifest {entry['sha256'][:16]}..., file {digest[:16]}...): "
-                "the file was modified or corrupted; refusing to load it"
-            )
+        _check_integrity(p, entry, len(data), hashlib.sha256(data).hexdigest())
         return data
+
+    @contextlib.contextmanager
+    def verified_path(self, name: str, version: str | int, entry: Mapping[str, Any]) -> Iterator[Path]:
+        """A path to load a version's file from, after its size and sha256 were checked against
+        the manifest entry by streaming it (never whole in memory), for a loader that reads a file
+        itself (`torch.jit.load(path)`, `torch.load(path, mmap=True)`).
+
+        The bytes loaded are the bytes checked: the file is opened once and the yielded path is
+        that open file (/proc/self/fd/N on Linux), so a rename onto its name changes nothing; and
+        when the block ends, the file's inode, size and mtime must equal what they were before
+        the check (a write in place changes its mtime), else IntegrityError.
+
+        Raises:
+            RegistryError: no such version, an entry without file/sha256, an unreadable file.
+            IntegrityError: the size or sha256 differs from the manifest's, or the file changed
+                while it was loaded.
+        """
+        p = self._entry_path(name, version, entry)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError as e:
+            raise RegistryError(f"{p}: cannot read it ({e.strerror})") from None
+        try:
+            before = _identity(os.fstat(fd))
+            h = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+            except OSError as e:
+                raise RegistryError(f"{p}: cannot read it ({e.strerror})") from None
+            _check_integrity(p, entry, size, h.hexdigest())
+            proc = Path(f"/proc/self/fd/{fd}")
+            yield proc if proc.exists() else p
+            if _identity(os.fstat(fd)) != before or (not proc.exists() and _identity(p.stat()) != before):
+                raise IntegrityError(f"{p}: the file changed while it was loaded; refusing it")
+        finally:
+            os.close(fd)
 
     def read_unverified(self, name: str, version: str | int, file: str) -> bytes | None:
         """The bytes of a version's file that its manifest has no checksum for (a version exported
@@ -588,9 +720,25 @@ class Registry:
         """
         check_name("model name", name)
         for fname in files:
-            if fname == MANIFEST_FILE or not _NAME_RE.match(fname):
-                raise RegistryError(f"invalid file name {fname!r} for a registry version")
+            _check_file_name(fname)
         explicit = None if version is None else check_name("version", str(version))
+        with self.stage(name) as staged:
+            for fname, data in files.items():
+                staged.write(fname, data)
+            return staged.commit(manifest, explicit, max_attempts, promote=promote, expect=expect)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[StagedVersion]:
+        """A new version under construction, for a writer that streams its files (an export of a
+        model too large to hold a second copy of in memory) or that must check a file before it
+        publishes it: write files with `StagedVersion.write` / `write_streamed`, then
+        `StagedVersion.commit`. Leaving the block without a commit removes everything staged.
+        Same guarantees as `publish` (which is this with every file given as bytes).
+
+        Raises:
+            RegistryError: a bad name. RegistryWriteError: the filesystem refused the directory.
+        """
+        check_name("model name", name)
         d = self.root / name
         try:
             created_root = not self.root.exists()
@@ -602,19 +750,11 @@ class Registry:
             staging = _Staging(d)
         except OSError as e:
             raise RegistryWriteError(d, "nothing was published", e) from e
-        done = False
+        staged = StagedVersion(self, name, staging)
         try:
-            try:
-                for fname, data in files.items():
-                    write_new_synced(staging.path / fname, data)
-            except OSError as e:
-                raise RegistryWriteError(d, "nothing was published", e) from e
-            with self._locked(name) if promote else contextlib.nullcontext(d):
-                v = self._commit(staging, name, manifest, explicit, max_attempts, promote, expect)
-            done = True
-            return v
+            yield staged
         finally:
-            staging.close(remove=not done)
+            staging.close(remove=not staged.committed)
 
     def _commit(
         self,
