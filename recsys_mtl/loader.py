@@ -12,8 +12,10 @@
     "<hazard task>_survival"   S(t_k) = prod_{j<=k} (1 - h_j), [N, L]: survival to the end of interval k
     "<hazard task>_risk"       1 - S(t_L), [N]: the probability of the event within the grid's horizon
 
-Safety: the manifest's sha256 of model.pt is checked on the exact bytes that are then loaded (no
-window in which the file could change between check and load); a mismatch is refused. The artifact
+Safety: the manifest's sha256 of model.pt is checked, streaming, on the open file that is then
+loaded (`Registry.verified_path`: the same inode, unchanged from before the check to after the
+load); a mismatch is refused. The file is never read whole into memory: a load holds the model,
+not the file's bytes beside it (docs/OPERATIONS.md, "Memory"). The artifact
 is TorchScript, loaded with `torch.jit.load`: its code is TorchScript IR and its weights are
 tensors, so no arbitrary Python object is unpickled (never `torch.load(weights_only=False)` here).
 
@@ -82,10 +84,23 @@ class TorchScriptArtifact:
         self.module = module
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> TorchScriptArtifact:
-        """Load from the bytes whose checksum was verified (so they cannot change in between)."""
+    def from_path(cls, path: str | Path) -> TorchScriptArtifact:
+        """Load from a file whose checksum was verified (`Registry.verified_path`). torch reads the
+        archive record by record, so a load holds the module, not the file's bytes beside it."""
         with warnings.catch_warnings():
             # TorchScript is deprecated upstream; it is the product's format (module docstring).
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning
+            )
+            module = torch.jit.load(str(path), map_location="cpu")
+        module.eval()
+        return cls(module)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TorchScriptArtifact:
+        """Load from bytes in memory (a small archive; holds the bytes and torch's copy of them
+        beside the module, so the registry loads files with `from_path`)."""
+        with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning
             )
@@ -97,9 +112,9 @@ class TorchScriptArtifact:
         return self.module(sparse, dense)
 
 
-# manifest artifact.format -> loader of the verified file bytes
-ARTIFACT_LOADERS: dict[str, Callable[[bytes], ModelArtifact]] = {
-    TorchScriptArtifact.format: TorchScriptArtifact.from_bytes,
+# manifest artifact.format -> loader of the verified file (a path, see `load_artifact`)
+ARTIFACT_LOADERS: dict[str, Callable[[Path], ModelArtifact]] = {
+    TorchScriptArtifact.format: TorchScriptArtifact.from_path,
 }
 
 
@@ -302,10 +317,11 @@ def _tasks_from_manifest(manifest: Mapping[str, Any]) -> list[TaskInfo]:
     ]
 
 
-def load_artifact(reg: Registry, name: str, version: str, art: Any) -> ModelArtifact:
-    """Read an artifact file described by a manifest entry (`artifact`, or a companion), verified
-    against its size and sha256 by `Registry.read_verified`, then load those same bytes."""
-    where = reg.root / name / version
+def load_artifact(reg: Registry, name: str, version: str | int, art: Any) -> ModelArtifact:
+    """Load an artifact file described by a manifest entry (`artifact`, or a companion), verified
+    against its size and sha256 by `Registry.verified_path` (streamed: the file is never whole in
+    memory beside the model it holds), from that same open file."""
+    where = reg.root / name / str(version)
     if not isinstance(art, dict) or not {"format", "file", "sha256"} <= art.keys():
         raise ModelLoadError(f"{where}: the manifest has no artifact entry (format, file, sha256)")
     loader = ARTIFACT_LOADERS.get(art["format"])
@@ -315,15 +331,16 @@ def load_artifact(reg: Registry, name: str, version: str, art: Any) -> ModelArti
             f"(supported: {sorted(ARTIFACT_LOADERS)})"
         )
     try:
-        data = reg.read_verified(name, version, art)
-    except RegistryError as e:  # unreadable, or a size / sha256 mismatch: never loaded
+        with reg.verified_path(name, version, art) as path:
+            try:
+                artifact = loader(path)
+            except Exception as e:  # a checksummed file that still fails to load: never served
+                raise ModelLoadError(
+                    f"{where / art['file']}: the {art['format']} artifact failed to load: {e}"
+                ) from e
+    except RegistryError as e:  # unreadable, a size / sha256 mismatch, or changed while loading
         raise ModelLoadError(str(e)) from None
-    try:
-        return loader(data)
-    except Exception as e:  # a checksummed file that still fails to load: report, never serve
-        raise ModelLoadError(
-            f"{where / art['file']}: the {art['format']} artifact failed to load: {e}"
-        ) from e
+    return artifact
 
 
 def _check_versions(manifest: Mapping[str, Any], where: Path) -> None:
