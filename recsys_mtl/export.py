@@ -8,9 +8,11 @@ TorchRec's quantized inference modules (`torchrec.inference.modules.quantize_inf
 row-wise int8 tables with per-row scale and bias, FBGEMM's IntNBit kernels; outputs stay fp32); the
 dense layers stay fp32, as they hold a tiny share of the bytes and most of the precision.
 
-Before anything is published, the artifact is reloaded from its own bytes and scored against the
-eager model on synthetic rows at batch sizes 1, 7 and 64 (tracing can freeze lengths); an fp32
-export that differs by more than `FP32_TOLERANCE` is refused. The int8 difference is recorded.
+Every file is streamed into the registry's staged version as it is built (`Registry.stage`;
+never a second copy of the model in memory: docs/OPERATIONS.md, "Memory"), and before anything is
+published the artifact is reloaded from that file and scored against the eager model on synthetic
+rows at batch sizes 1, 7 and 64 (tracing can freeze lengths); an fp32 export that differs by more
+than `FP32_TOLERANCE` is refused. The int8 difference is recorded.
 
 manifest.json (kind "recsys-mtl-model", manifest_version 1):
 
@@ -49,6 +51,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
+import gc
 import importlib.metadata
 import io
 import json
@@ -75,12 +79,12 @@ from recsys_mtl.loader import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
     TorchScriptArtifact,
-    sha256_bytes,
     synthetic_columns,
 )
 from recsys_mtl.models.model import MultiTaskModel
 from recsys_mtl.recipe import Recipe
-from recsys_mtl.registry import UNSET, Expect, Registry
+from recsys_mtl.registry import UNSET, Expect, Registry, StagedVersion, check_name
+from recsys_mtl.streamed_write import WrittenFile
 from recsys_mtl.transform import FeatureBatch, FeatureTransform
 
 log = logging.getLogger("recsys_mtl.export")
@@ -98,11 +102,25 @@ GOLDEN_ROWS = 8
 WEIGHTS_FILE = "weights.pt"  # fp32 unsharded state dict (tensors only): what --warm-start reads
 
 
-def weights_bytes(model: torch.nn.Module) -> bytes:
+def weights_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The eager model's fp32 weights as a plain tensor dict (loadable with weights_only=True), so
-    training can warm-start from a registry version without the run that produced it."""
+    training can warm-start from a registry version without the run that produced it.
+
+    The tensors share the model's memory (a full clone would double the model for the length of
+    the save); only a view into a larger storage is cloned, as `torch.save` writes a tensor's
+    whole storage."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        t = v.detach()
+        whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        out[k] = t if whole else t.clone()
+    return out
+
+
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """weights.pt's bytes in memory (for a small model; `export_model` streams it to disk)."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, buf)
+    torch.save(weights_state(model), buf)
     return buf.getvalue()
 
 
@@ -131,12 +149,14 @@ def script_model(
     """FX-trace (torchrec) and script a copy of `model`; with `int8`, quantize its tables first;
     with `calibration`, script the result inside `CalibratedModel` (its maps applied after it).
 
-    The model is deep-copied first: quantization swaps modules in place, and tracing a quantized
-    model stores traced placeholders in it, so the caller's eager model stays untouched.
+    The model's modules are copied first: quantization swaps modules in place, and tracing a
+    quantized model stores traced placeholders in it, so the caller's eager model stays untouched.
+    Its parameters and buffers are not copied (`_module_copy`): nothing here writes them, and a
+    second copy of the embedding tables is the whole model again (docs/OPERATIONS.md, "Memory").
     """
     import torchrec.fx
 
-    m = copy.deepcopy(model).eval()
+    m = _module_copy(model).eval()
     with warnings.catch_warnings():
         # TorchScript is deprecated upstream; it is the product's format (recsys_mtl/loader.py). TorchRec's
         # quantization still goes through torch.ao.quantization, which warns about its own future.
@@ -154,8 +174,34 @@ def script_model(
         return torch.jit.script(CalibratedModel(scripted, calibration))
 
 
+def _module_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model`'s modules that shares its parameters and buffers (same tensors):
+    the structure can be changed (modules swapped, attributes set) without touching `model`, at
+    the cost of the module objects only."""
+    shared: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """The bytes of the distinct storages in `module`'s state: about the size of its archive
+    (what the registry checks will fit before torch writes it)."""
+    seen: dict[tuple[int, int], int] = {}
+    for t in module.state_dict().values():
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[(st.data_ptr(), st.nbytes())] = st.nbytes()
+    return sum(seen.values())
+
+
+def save_artifact(scripted: torch.jit.ScriptModule, path: str) -> None:
+    """`torch.jit.save` to a path (what `StagedVersion.write_path` gives it), warnings quiet."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        torch.jit.save(scripted, path)
+
+
 def artifact_bytes(scripted: torch.jit.ScriptModule) -> bytes:
-    """The TorchScript archive as bytes (hashed and written by the registry)."""
+    """The TorchScript archive as bytes in memory (a small model; `export_model` streams it)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
@@ -275,28 +321,45 @@ def _data_range(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 @dataclass
 class _Build:
-    """One scripted build of the model, reloaded from its own bytes and compared with the eager
-    model (`_scripted_build`)."""
+    """One scripted build of the model, written to the staged version, loaded back from that file
+    and compared with the eager model (`_scripted_build`)."""
 
-    blob: bytes  # the TorchScript archive, as published
-    sha256: str  # of blob
-    artifact: TorchScriptArtifact  # the blob loaded back, as the server will load it
+    file: WrittenFile  # the TorchScript archive as staged: its sha256 and size
+    artifact: TorchScriptArtifact  # the file loaded back, as the server will load it
     max_abs_diff: float  # vs the fp32 eager model, over PARITY_BATCH_SIZES
     outputs: dict[str, torch.Tensor]  # the largest parity batch's outputs (their shapes describe them)
 
+    @property
+    def sha256(self) -> str:
+        return self.file.sha256
+
+    @property
+    def bytes(self) -> int:
+        return self.file.bytes
+
 
 def _scripted_build(
-    model: MultiTaskModel, transform: FeatureTransform, int8: bool, calibration: Calibration | None = None
+    model: MultiTaskModel,
+    transform: FeatureTransform,
+    int8: bool,
+    staged: StagedVersion,
+    file: str,
+    calibration: Calibration | None = None,
 ) -> _Build:
-    """Script `model` (`script_model`, with the calibration when given), serialise it, load it back
-    and measure its parity against the eager model (under the same calibration wrapper)."""
-    blob = artifact_bytes(script_model(model, int8=int8, calibration=calibration))
-    artifact = TorchScriptArtifact.from_bytes(blob)  # the bytes as the server will load them
+    """Script `model` (`script_model`, with the calibration when given), stream it into the staged
+    version as `file`, load that file back and measure its parity against the eager model (under
+    the same calibration wrapper).
+
+    Memory: the scripted module shares the eager tables, and is dropped before the file is loaded
+    back, so the peak is the eager model plus one loaded artifact (docs/OPERATIONS.md, "Memory")."""
+    scripted = script_model(model, int8=int8, calibration=calibration)
+    written = staged.write_path(file, functools.partial(save_artifact, scripted), tensor_bytes(scripted))
+    del scripted  # int8: its quantized tables; fp32: only module objects
+    gc.collect()  # scripted modules hold reference cycles: free them before the load below
+    artifact = TorchScriptArtifact.from_path(staged.path / file)  # as the server will load it
     reference = model if calibration is None or not calibration.maps else CalibratedModel(model, calibration)
     max_diff, outputs = _parity(reference, artifact, transform)
-    return _Build(
-        blob=blob, sha256=sha256_bytes(blob), artifact=artifact, max_abs_diff=max_diff, outputs=outputs
-    )
+    return _Build(file=written, artifact=artifact, max_abs_diff=max_diff, outputs=outputs)
 
 
 def _check_fp32_parity(build: _Build) -> None:
@@ -343,7 +406,7 @@ def _manifest(
             "format": TorchScriptArtifact.format,
             "file": MODEL_FILE,
             "sha256": build.sha256,
-            "bytes": len(build.blob),
+            "bytes": build.bytes,
             "quantization": (
                 "embedding tables int8 row-wise (torchrec quantize_inference_model); dense layers fp32"
                 if int8
@@ -378,35 +441,43 @@ def _manifest(
     }
 
 
-def _weights_entry(weights: bytes) -> dict[str, Any]:
+def _weights_entry(weights: WrittenFile) -> dict[str, Any]:
     """The manifest's `weights` entry for weights.pt."""
     return {
         "format": "torch-state-dict",
         "file": WEIGHTS_FILE,
-        "sha256": sha256_bytes(weights),
-        "bytes": len(weights),
+        "sha256": weights.sha256,
+        "bytes": weights.bytes,
     }
+
+
+def _stage_weights(model: torch.nn.Module, staged: StagedVersion) -> WrittenFile:
+    """Stream weights.pt (`weights_state`: the model's own tensors) into the staged version,
+    through a file object (torch.save streams to one record by record)."""
+    state = weights_state(model)
+    return staged.write_stream(WEIGHTS_FILE, lambda f: torch.save(state, f))
 
 
 def _int8_companion(
     model: MultiTaskModel,
     transform: FeatureTransform,
     golden: FeatureBatch,
+    staged: StagedVersion,
     calibration: Calibration | None = None,
-) -> tuple[bytes, dict[str, Any]]:
-    """An int8 build of the same weights (and the same calibration) for beside an fp32 export: its
-    bytes and the manifest's `companions.int8` entry. Non-finite outputs on the golden rows refuse
-    it (ExportError)."""
-    q = _scripted_build(model, transform, int8=True, calibration=calibration)
+) -> dict[str, Any]:
+    """An int8 build of the same weights (and the same calibration) for beside an fp32 export,
+    staged as INT8_COMPANION_FILE: the manifest's `companions.int8` entry. Non-finite outputs on
+    the golden rows refuse it (ExportError)."""
+    q = _scripted_build(model, transform, True, staged, INT8_COMPANION_FILE, calibration)
     q_golden = _golden_outputs(q.artifact, golden)
     bad = [k for k, t in q_golden.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise ExportError(f"the int8 build gives non-finite outputs {bad} on the golden rows")
-    return q.blob, {
+    return {
         "format": TorchScriptArtifact.format,
         "file": INT8_COMPANION_FILE,
         "sha256": q.sha256,
-        "bytes": len(q.blob),
+        "bytes": q.bytes,
         "quantization": "embedding tables int8 row-wise (torchrec quantize_inference_model)",
         "max_abs_diff_vs_fp32": q.max_abs_diff,
         "golden_outputs": {k: v.tolist() for k, v in q_golden.items()},
@@ -463,38 +534,44 @@ def export_model(
             published.
     """
     reg = registry if isinstance(registry, Registry) else Registry(registry)
+    explicit = None if version is None else check_name("version", str(version))  # before any work
     t0 = time.perf_counter()
-    build = _scripted_build(model, transform, int8=int8, calibration=calibration)
-    if not int8:
-        _check_fp32_parity(build)
-    golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
-    golden = transform(golden_cols)
-    golden_out = _golden_outputs(build.artifact, golden)
-    seconds = time.perf_counter() - t0
-    manifest = _manifest(
-        model,
-        recipe,
-        transform,
-        name,
-        build,
-        int8=int8,
-        golden_cols=golden_cols,
-        golden_out=golden_out,
-        seconds=seconds,
-        data=data,
-        metrics=metrics,
-        source_run=source_run,
-    )
-    manifest["calibration"] = describe(calibration, uncalibrated_reason)
-    calibration_ok = bool(manifest["calibration"]["calibrated"])
-    manifest.update(extra_manifest or {})
-    weights = weights_bytes(model)
-    manifest["weights"] = _weights_entry(weights)
-    files = {MODEL_FILE: build.blob, WEIGHTS_FILE: weights, **(extra_files or {})}
-    if int8_companion and not int8:
-        files[INT8_COMPANION_FILE], companion = _int8_companion(model, transform, golden, calibration)
-        manifest["companions"] = {"int8": companion}
-    v = reg.publish(name, files, manifest, version=version, promote=promote, expect=expect)
+    # Every file is streamed into the staged version as it is built (never whole in memory) and
+    # checked from there; the version becomes visible only by the commit at the end.
+    with reg.stage(name) as staged:
+        build = _scripted_build(model, transform, int8, staged, MODEL_FILE, calibration)
+        if not int8:
+            _check_fp32_parity(build)
+        golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
+        golden = transform(golden_cols)
+        golden_out = _golden_outputs(build.artifact, golden)
+        seconds = time.perf_counter() - t0
+        manifest = _manifest(
+            model,
+            recipe,
+            transform,
+            name,
+            build,
+            int8=int8,
+            golden_cols=golden_cols,
+            golden_out=golden_out,
+            seconds=seconds,
+            data=data,
+            metrics=metrics,
+            source_run=source_run,
+        )
+        del build.artifact  # the loaded copy is checked: free it before the next build
+        gc.collect()
+        manifest["calibration"] = describe(calibration, uncalibrated_reason)
+        calibration_ok = bool(manifest["calibration"]["calibrated"])
+        manifest.update(extra_manifest or {})
+        manifest["weights"] = _weights_entry(_stage_weights(model, staged))
+        for fname, blob in (extra_files or {}).items():
+            staged.write(fname, blob)
+        if int8_companion and not int8:
+            manifest["companions"] = {"int8": _int8_companion(model, transform, golden, staged, calibration)}
+            gc.collect()
+        v = staged.commit(manifest, explicit, promote=promote, expect=expect)
     cal_note = f", calibrated ({manifest['calibration']['method']})" if calibration_ok else ", uncalibrated"
     log.info(
         "exported %s/%s (%s%s, %.1f MB, max |diff| %.2g) in %.1fs%s",
@@ -502,7 +579,7 @@ def export_model(
         v,
         "int8" if int8 else "fp32",
         cal_note,
-        len(build.blob) / 1e6,
+        build.bytes / 1e6,
         build.max_abs_diff,
         seconds,
         "; promoted" if promote else "",
@@ -512,7 +589,7 @@ def export_model(
         version=v,
         path=reg.version_dir(name, v),
         sha256=build.sha256,
-        bytes=len(build.blob),
+        bytes=build.bytes,
         int8=int8,
         seconds=time.perf_counter() - t0,
         promoted=promote,
