@@ -258,9 +258,8 @@ def test_arrow_vector_errors_name_the_column_and_the_candidate(published: Publis
         "candidate 0: expected a vector of 32 numbers, got a list of strings": pa.array(
             [[str(a) for a in v] if v else None for v in rows.column(COL).to_pylist()]
         ),
-        "candidate 0: expected a vector of 32 numbers (a JSON list; in Arrow or Parquet a fixed_size_list": pa.array(
-            x[:, 0].astype(np.float64)
-        ),
+        "candidate 0: expected a vector of 32 numbers (a JSON list; in Arrow or Parquet a "
+        "fixed_size_list": pa.array(x[:, 0].astype(np.float64)),
     }
     for message, col in cases.items():
         with pytest.raises(RequestError) as e:
