@@ -131,6 +131,63 @@ class ExpertBank(nn.Module):
         self.legacy_gated_layout = gated_layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # FX traces in eval mode: the exported graph is `_inference`
+            return self._inference(x)
+        return self._batched(x)
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function in the form that is fastest without autograd on a CPU: a first layer on
+        a shared input is one product for all experts ([B, in] @ [in, k * h0], F.linear, which
+        TorchScript keeps whole), then each expert's later layers on its own [B, h] block. Batched
+        products over [k, B, h] would stream k times the activations through the cache at each
+        layer; at 2,000 rows (4 MB per layer) that made the exported forward 1.3-1.8x slower
+        (docs/BENCHMARKS.md, "Batched experts")."""
+        k, h0 = self.num_experts, self.hidden[0]
+        first: torch.Tensor | None = None
+        if not self.gated and not self.per_expert_input:
+            w0 = self.weights[0].permute(0, 2, 1).reshape(k * h0, self.in_dim)  # [k * h0, in]
+            first = F.linear(x, w0, self.biases[0].reshape(-1))  # [B, k * h0]
+        outs: list[torch.Tensor] = []
+        for e in range(k):  # k is a build-time constant: FX unrolls the loop
+            if first is not None:
+                h = first[:, e * h0 : (e + 1) * h0]
+            else:
+                xe = x[e] if self.per_expert_input else x
+                if self.gated:
+                    xe = xe * (2.0 * torch.sigmoid((xe @ self.gate_down[e]) @ self.gate_up[e]))
+                h = F.linear(xe, self.weights[0][e].t(), self.biases[0][e, 0])
+            for i in range(len(self.hidden)):
+                if i > 0:
+                    h = F.linear(h, self.weights[i][e].t(), self.biases[i][e, 0])
+                if i < self.num_relu:
+                    h = torch.relu(h)
+            outs.append(self._norm_one(h, e))
+        return torch.stack(outs, dim=1)
+
+    def _norm_one(self, h: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert e's normalisation and Swish in eval mode (BatchNorm with its running statistics)."""
+        d = self.out_dim
+        if self.batch_norm is not None:
+            bn = self.batch_norm
+            lo, hi = e * d, (e + 1) * d
+            assert bn.running_mean is not None and bn.running_var is not None
+            h = F.batch_norm(
+                h,
+                bn.running_mean[lo:hi],
+                bn.running_var[lo:hi],
+                bn.weight[lo:hi],
+                bn.bias[lo:hi],
+                False,
+                0.0,
+                bn.eps,
+            )
+            return F.silu(h)
+        if self.norm == "layer":
+            return F.silu(F.layer_norm(h, [d], self.ln_weight[e], self.ln_bias[e]))
+        return h
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: every layer of the k experts as one kernel (and one backward kernel)."""
         k = self.num_experts
         if self.gated:  # build-time flags throughout: FX keeps one path
             if self.per_expert_input:
