@@ -26,8 +26,10 @@ sha256 match the version's manifest (`registry_weights`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,16 +168,30 @@ def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> Non
 
 @dataclass(frozen=True)
 class RegistryWeights:
-    """A registry version's fp32 weights (weights.pt), read and checked against its manifest."""
+    """A registry version's fp32 weights (weights.pt), checked against its manifest. `open()` maps
+    them from the file (`torch.load(mmap=True)`): a warm start never holds a second copy of the
+    model in memory (docs/OPERATIONS.md, "Memory")."""
 
     name: str
     version: str
     path: Path
-    data: bytes
     verified: bool  # False only for a version exported before weights.pt had a checksum
+    registry: Registry
+    entry: dict[str, Any] | None  # the manifest's `weights` entry (None: unverified)
 
     def describe(self) -> str:
         return f"{self.path} (v{self.version}, {'sha256 checked' if self.verified else 'UNVERIFIED'})"
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The state dict, its tensors mapped from weights.pt, for the length of the block: checked
+        again as it is opened (`Registry.verified_path`: the bytes mapped are the bytes checked, and
+        a file changed while the block runs is refused when it ends), so copy what you need inside."""
+        if self.entry is None:
+            yield torch.load(self.path, mmap=True, weights_only=True)
+            return
+        with self.registry.verified_path(self.name, self.version, self.entry) as p:
+            yield torch.load(p, mmap=True, weights_only=True)
 
 
 def registry_weights(source: Path) -> RegistryWeights | None:
@@ -184,9 +200,9 @@ def registry_weights(source: Path) -> RegistryWeights | None:
     `source` is a model directory (REGISTRY/NAME, with current.json: its current version, as the
     nightly job used to pass) or a version directory (REGISTRY/NAME/VERSION, with manifest.json).
     Both are resolved through `Registry`, so current.json's version is checked as a name before
-    it becomes a path, and weights.pt is read once, its size and sha256 checked against the
-    manifest's `weights` entry, and those same bytes returned (nothing to swap in between).
-    A version exported before weights.pt had a checksum (no `weights` entry) loads with a warning.
+    it becomes a path, and weights.pt's size and sha256 are checked against the manifest's
+    `weights` entry here, by streaming it (and again when `open()` maps it). A version exported
+    before weights.pt had a checksum (no `weights` entry) loads with a warning.
 
     Raises:
         RegistryError: a crafted or dangling pointer, no such version, no weights.pt;
@@ -201,11 +217,12 @@ def registry_weights(source: Path) -> RegistryWeights | None:
     d = reg.version_dir(name, version)
     entry = reg.manifest(name, version).get("weights")
     if entry is not None:
-        data = reg.read_verified(name, version, entry)
+        with reg.verified_path(name, version, entry):
+            pass  # refuse a mismatch now, before a run is set up around it
     else:
-        unverified = reg.read_unverified(name, version, WEIGHTS_FILE)
-        if unverified is None:
+        if not (d / WEIGHTS_FILE).is_file():
             raise RegistryError(f"{d}: no {WEIGHTS_FILE} to warm-start from")
         log.warning("%s: exported before weights were checksummed: loading %s unverified", d, WEIGHTS_FILE)
-        data = unverified
-    return RegistryWeights(name, version, d / WEIGHTS_FILE, data, verified=entry is not None)
+    return RegistryWeights(
+        name, version, d / WEIGHTS_FILE, verified=entry is not None, registry=reg, entry=entry
+    )

@@ -38,7 +38,6 @@ ranks), which on a machine shared with other work estimates what the loop does o
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -422,7 +421,8 @@ def _warm_start(model: torch.nn.Module, source: Path, ctx: DistContext) -> None:
     """Load a warm start's model weights (see `_warm_start_checkpoint` for the sources)."""
     src = _warm_start_checkpoint(source)
     if isinstance(src, RegistryWeights):  # a registry version's unsharded, verified weights
-        load_full_weights(model, torch.load(io.BytesIO(src.data), weights_only=True))
+        with src.open() as weights:  # mapped from the file: no second copy of the tables in memory
+            load_full_weights(model, weights)
     else:
         load_model_weights(model, src)
     if ctx.is_main:

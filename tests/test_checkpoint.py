@@ -351,16 +351,32 @@ def reg(tmp_path: Path) -> Registry:
 def test_registry_weights_of_a_model_dir_are_its_current_version(reg: Registry) -> None:
     w = registry_weights(reg.root / "m")
     assert w is not None and (w.name, w.version, w.verified) == ("m", "1", True)
-    assert w.path == reg.root / "m" / "1" / "weights.pt" and w.data == _weights_blob(1)
+    assert w.path == reg.root / "m" / "1" / "weights.pt"
     assert "sha256 checked" in w.describe() and "v1" in w.describe()
-    assert torch.equal(torch.load(io.BytesIO(w.data), weights_only=True)["w"], torch.full((3,), 1.0))
+    with w.open() as state:
+        assert torch.equal(state["w"], torch.full((3,), 1.0))
+        # mapped from weights.pt itself, not read into the process's memory (a second model copy)
+        assert _mapped_from(state["w"]) == w.path.resolve()
+
+
+def _mapped_from(t: torch.Tensor) -> Path | None:
+    """The file whose mapping (/proc/self/maps) holds the tensor's data, if any."""
+    addr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if lo <= addr < hi and len(parts) == 6 and parts[5].startswith("/"):
+            return Path(parts[5])
+    return None
 
 
 def test_registry_weights_of_a_version_dir_are_that_version(
     reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     w = registry_weights(reg.root / "m" / "2")
-    assert w is not None and w.version == "2" and w.data == _weights_blob(2)
+    assert w is not None and w.version == "2"
+    with w.open() as state:
+        assert torch.equal(state["w"], torch.full((3,), 2.0))
     monkeypatch.chdir(tmp_path)  # a relative path resolves like an absolute one
     w = registry_weights(Path("registry/m/2"))
     assert w is not None and (w.name, w.version) == ("m", "2")
@@ -397,11 +413,25 @@ def test_unchecksummed_registry_weights_load_with_a_warning(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="recsys_mtl.checkpoint"):
         w = registry_weights(reg.root / "m" / "3")
-    assert w is not None and not w.verified and w.data == _weights_blob(3)
+    assert w is not None and not w.verified
+    with w.open() as state:
+        assert torch.equal(state["w"], torch.full((3,), 3.0))
     assert "UNVERIFIED" in w.describe() and "loading weights.pt unverified" in caplog.text
     (reg.root / "m" / "3" / "weights.pt").unlink()
     with pytest.raises(RegistryError, match=re.escape("no weights.pt to warm-start from")):
         registry_weights(reg.root / "m" / "3")
+
+
+def test_registry_weights_changed_after_the_check_are_refused_when_opened(reg: Registry) -> None:
+    """open() checks the file again as it maps it: the bytes loaded are the bytes checked."""
+    w = registry_weights(reg.root / "m" / "2")
+    assert w is not None
+    p = reg.root / "m" / "2" / "weights.pt"
+    blob = bytearray(p.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    p.write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="sha256 mismatch"), w.open():
+        pass
 
 
 @pytest.mark.parametrize("version", ["../../etc", "9", ".tmp-x", "latest"])
@@ -426,6 +456,7 @@ def test_verified_registry_weights_warm_start_a_sharded_model(
     w = registry_weights(reg.root / "m")
     assert w is not None and w.verified
     t = build(small, group, seed=0)
-    load_full_weights(t.model, torch.load(io.BytesIO(w.data), weights_only=True))
+    with w.open() as state:  # mapped from the file, checked as it is opened
+        load_full_weights(t.model, state)
     assert_same_state(plain.state_dict(), t.model.state_dict())
     assert os.path.samefile(w.path, reg.root / "m" / "1" / "weights.pt")
