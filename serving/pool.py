@@ -17,9 +17,12 @@ reference move together:
    `GET /models`, logged, counted), and none retries that version until its reference resolves
    elsewhere or an admin forces a reload. So a corrupt model.pt cannot leave the fp32 variants on
    the old version while the int8 variants serve the same version's intact model.int8.pt.
-4. The round's successful groups are swapped in together, in one step: `get` reads one immutable
-   mapping, replaced by a single reference assignment. A request that already holds the old
-   `LoadedModel` finishes on it.
+4. Each group is swapped in as soon as its builds are loaded and validated, in one step: `get`
+   reads one immutable mapping, replaced by a single reference assignment, so the slots of a group
+   move together. Groups go one after another, and the pool keeps no reference to a replaced
+   model: once the requests that hold it finish, it is freed before the next group loads, so a
+   reload of several models needs room for one more model at a time, not for all of them. A
+   request that already holds the old `LoadedModel` finishes on it.
 
 A slot's error fields (`last_error`, `last_error_at`) clear as soon as it holds what its reference
 resolves to.
@@ -138,15 +141,16 @@ class ModelPool:
                     errors.append(self._fail(slot, None, f"cannot resolve {ref.describe()}: {v}"))
                 else:
                     groups.setdefault((ref.model, v), []).append(slot)
-            models = self._models
-            swapped: dict[RefKey, LoadedModel] = {}
             for target, group in groups.items():
-                errors += self._bring_up(target, group, models, force, swapped)
-            if swapped:
-                self._models = MappingProxyType({**models, **swapped})  # the swap: one assignment
-                for key in swapped:
-                    if self._on_loaded is not None:
-                        self._on_loaded(slots[key].ref)
+                swapped: dict[RefKey, LoadedModel] = {}
+                errors += self._bring_up(target, group, self._models, force, swapped)
+                if swapped:
+                    # the group's swap: one assignment, before the next group loads (item 4 above)
+                    self._models = MappingProxyType({**self._models, **swapped})
+                    for key in swapped:
+                        if self._on_loaded is not None:
+                            self._on_loaded(slots[key].ref)
+                del swapped  # no reference to this group's models outlives its swap
             return errors
 
     def _bring_up(

@@ -154,3 +154,42 @@ def test_an_unresolvable_reference_fails_alone(reg: Registry) -> None:
     assert _versions(pool) == ("1", "1") and pool.get(pinned) is None
     pool.prune([FP32])
     assert [s["ref"] for s in pool.status()] == ["ads_ranker@current"] and pool.get(INT8) is None
+
+
+def test_a_reload_of_several_models_swaps_each_before_loading_the_next(
+    recipe: Recipe, tmp_path: Path
+) -> None:
+    """Two models move in one round: the first is served at its new version, and its old build is
+    no longer held by the pool, before the second one's new build loads. So a reload needs room
+    for one more model at a time, not one per model of the config."""
+    import gc
+    import weakref
+
+    from recsys_mtl.devtools.fixtures import train_small_model
+    from recsys_mtl.export import export_model
+
+    reg = Registry(tmp_path / "registry")
+    r = small_recipe(recipe)
+    other = "other_ranker"
+    for seed in (1, 2):
+        publish(reg.root, r, seed=seed, promote=seed == 1)
+        net, transform = train_small_model(r, seed)
+        export_model(net, r, transform, reg, other, promote=seed == 1)
+    refs = [FP32, ModelRef(model=other)]
+    seen: list[tuple[str, list[str | None], bool]] = []
+    old: dict[str, weakref.ref[Any]] = {}
+
+    def on_loaded(ref: ModelRef) -> None:
+        if old:
+            gc.collect()
+            versions = [m.version if (m := pool.get(x)) else None for x in refs]
+            seen.append((ref.model, versions, old[ref.model]() is None))
+
+    pool = _pool(reg, on_loaded)
+    assert pool.refresh(refs) == []
+    old.update({x.model: weakref.ref(pool.get(x)) for x in refs})
+    reg.promote(NAME, "2")
+    reg.promote(other, "2")
+    assert pool.refresh(refs) == []
+    # the first model switched (its v1 gone from memory) while the second still served v1
+    assert seen == [(NAME, ["2", "1"], True), (other, ["2", "2"], True)]
