@@ -165,3 +165,14 @@ def apply_thread_policy(threads: int | None = None, ranks: int = 1, interop: int
         f"{torch.get_num_interop_threads()} inter-op; {cpus.describe()}; OpenMP spin {spin}"
         + (f", OMP_WAIT_POLICY={wait}" if wait else "")
     )
+
+
+def serving_workers(torch_threads: int, cpus: CPUs | None = None) -> int:
+    """`recsys-mtl serve` processes when `--workers` is not given: one per `torch_threads + 1` CPUs.
+
+    A worker keeps `torch_threads` CPUs busy in its forward and one more with its event loop
+    (decoding JSON, encoding answers: serving/inference.py runs beside it), so more workers than
+    `cpus // (torch_threads + 1)` would make them take turns on the cores instead of adding
+    throughput; fewer leaves cores idle. At least one."""
+    cpus = cpus or available_cpus()
+    return max(1, cpus.count // (max(1, torch_threads) + 1))

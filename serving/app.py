@@ -29,9 +29,10 @@ variants assigned by a stable hash of `user_id`.
 """
 
 
-def create_app(config_path: str | Path, registry: str | Path | None = None) -> FastAPI:
-    """The app for a serving config (ConfigError if it is invalid: the server does not start)."""
-    service = ScoringService(config_path, registry)
+def create_app(config_path: str | Path, registry: str | Path | None = None, workers: int = 1) -> FastAPI:
+    """The app for a serving config (ConfigError if it is invalid: the server does not start).
+    `workers`: how many processes serve the port, this one included (reported by /healthz)."""
+    service = ScoringService(config_path, registry, workers=workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,11 +3,33 @@
 Each app owns its `CollectorRegistry` (not the client's global one), so several apps can live in
 one process (tests) and nothing else's metrics leak into ours. Names follow Prometheus conventions:
 `_total` counters, `_seconds` histograms, base units.
+
+With several worker processes (`recsys-mtl serve --workers N`, serving/workers.py) a scrape lands
+on one of them, so each must answer for all: the parent sets PROMETHEUS_MULTIPROC_DIR to a fresh
+directory before the workers start, prometheus_client then keeps every value in a per-process file
+there, and `exposition` reads them all (`MultiProcessCollector`): counters and histograms sum over
+the workers, dead ones included (a counter never goes back); the queue gauge sums the live workers;
+`recsys_model_info` is reported per live worker (a `pid` label), so a rollout shows which worker
+serves which version.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# prometheus_client decides when it is imported whether values live in files; so do we
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
 # `*_created` series double the output and no dashboard reads them.
 disable_created_metrics()
@@ -54,13 +76,17 @@ class ServingMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "recsys_inference_queue", "Requests waiting for the inference thread.", registry=r
+            "recsys_inference_queue",
+            "Requests waiting for the inference thread (summed over live workers).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_info = Gauge(
             "recsys_model_info",
             "1 for each model loaded for a variant (labels say which).",
             ["experiment", "variant", "model", "version", "build"],
             registry=r,
+            multiprocess_mode="liveall",  # one series per live worker (pid label)
         )
         self.reloads = Counter(
             "recsys_model_reloads_total",
@@ -97,3 +123,13 @@ class ServingMetrics:
             buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
             registry=r,
         )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format of a scrape: this app's registry, or with several workers every worker's
+    values (module docstring)."""
+    if not MULTIPROCESS:
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)
+    return generate_latest(merged)

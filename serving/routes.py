@@ -36,10 +36,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from serving.inference import Overloaded
+from serving.metrics import exposition
 from serving.request import ARROW_STREAM, JSON, RequestError
 from serving.response import negotiate, render, render_arrow
 from serving.schemas import SCORE_EXAMPLE, ErrorResponse, ScoreRequestModel, ScoreResponseModel
@@ -229,9 +230,10 @@ def _client(request: Request) -> str:
     return f"{c.host}:{c.port}" if c else "-"
 
 
-@router.get("/healthz", summary="The process is up")
+@router.get("/healthz", summary="The process is up (which worker answered: `pid` of `workers`)")
 async def healthz(request: Request) -> Response:
-    return _json({"status": "ok", "uptime_s": round(time.time() - _service(request).started_at, 1)})
+    svc = _service(request)
+    return _json({"status": "ok", "uptime_s": round(time.time() - svc.started_at, 1), **svc.worker_info()})
 
 
 @router.get("/readyz", summary="Every variant has a validated, warmed-up model")
@@ -250,7 +252,7 @@ async def metrics(request: Request) -> Response:
         return refused
     svc = _service(request)
     svc.metrics.queue_depth.set(svc.worker.queued)
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

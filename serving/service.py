@@ -38,7 +38,7 @@ from recsys_mtl.threads import apply_thread_policy
 from serving.assignment import Assignment, assign
 from serving.config import ConfigError, ServingConfig, Variant, load_config
 from serving.inference import InferenceWorker, Job
-from serving.metrics import ServingMetrics
+from serving.metrics import MULTIPROCESS, ServingMetrics
 from serving.pool import ModelPool
 from serving.request import RequestError, ScoreRequest, check_against_model, decode
 from serving.response import ScoreResult
@@ -81,8 +81,10 @@ def _file_signature(path: Path) -> tuple[int, int, str] | None:
 
 
 class ScoringService:
-    def __init__(self, config_path: str | Path, registry: str | Path | None = None) -> None:
+    def __init__(self, config_path: str | Path, registry: str | Path | None = None, workers: int = 1) -> None:
         self.config_path = Path(config_path)
+        # how many worker processes serve this port (serving/workers.py); this is one of them
+        self.workers = workers
         self.config: ServingConfig = load_config(self.config_path)  # ConfigError: refuse to start
         root = registry if registry is not None else self.config.registry
         if root is None:
@@ -104,6 +106,7 @@ class ScoringService:
             on_batch=self._observe_batch,
             on_shadow_drop=lambda: self.metrics.shadow.labels("-", "dropped").inc(),
         )
+        self._model_info_labels: set[tuple[str, ...]] = set()
         self._config_sig = _file_signature(self.config_path)
         self.config_loaded_at = time.time()
         self.config_error: str | None = None
@@ -217,22 +220,41 @@ class ScoringService:
         return message
 
     def _publish_model_info(self) -> None:
+        """One series at 1 per variant's loaded model. A series that no longer holds is removed;
+        with several workers it is set to 0 instead: its value lives in a file that prometheus_client
+        cannot remove a series from (serving/metrics.py), so a scrape would read the old version
+        as 1."""
         g = self.metrics.model_info
-        g.clear()
+        now: set[tuple[str, ...]] = set()
         for exp, v in self.config.variants():
             m = self.pool.get(v)
             if m is not None:
-                g.labels(exp, v.name, m.name, m.version, m.build).set(1)
+                now.add((exp, v.name, m.name, m.version, m.build))
+        for labels in self._model_info_labels - now:
+            if MULTIPROCESS:
+                g.labels(*labels).set(0)
+            else:
+                g.remove(*labels)
+        for labels in now:
+            g.labels(*labels).set(1)
+        self._model_info_labels = now
 
     def _observe_batch(self, requests: int, candidates: int, seconds: float) -> None:
         self.metrics.batch_requests.observe(requests)
         self.metrics.batch_candidates.observe(candidates)
         self.metrics.forward_seconds.observe(seconds)
+        # also set on every scrape; here too, so a scrape answered by another worker reads this
+        # worker's queue as of its last batch, not as of its last scrape
+        self.metrics.queue_depth.set(self.worker.queued)
 
     # ---- admin --------------------------------------------------------------------------------
     def admin_ok(self, token: str | None) -> bool:
         want = os.environ.get(self._admin_env)
         return bool(want) and token is not None and hmac.compare_digest(token.encode(), want.encode())
+
+    def worker_info(self) -> dict[str, int]:
+        """Which process answered: with several workers a client's connections land on any."""
+        return {"pid": os.getpid(), "workers": self.workers}
 
     def status(self, with_paths: bool = True) -> dict[str, Any]:
         """What is served (GET /models). `with_paths=False` leaves out every filesystem path,
@@ -263,6 +285,7 @@ class ScoringService:
             )
         return {
             "ready": self.ready,
+            **self.worker_info(),
             "registry": str(self.registry.root),
             "config": {
                 "path": str(self.config_path),

@@ -182,7 +182,8 @@ def _serve_sample(out: Path, name: str, serving_config: Path, data: Path, day: s
     cfg["registry"] = str(out / "registry")
     cfg_path = out / "serving.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    with running_server(out / "registry", cfg_path, out / "server.log") as server:
+    # the worker default of `recsys-mtl serve` (one per runtime.torch_threads + 1 CPUs)
+    with running_server(out / "registry", cfg_path, out / "server.log", workers=None) as server:
         t0 = time.perf_counter()
         resp = server.client.post(
             "/score", content=orjson.dumps(body), headers={"content-type": "application/json"}

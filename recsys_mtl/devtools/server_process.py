@@ -33,7 +33,10 @@ class ServerProcess:
         log_path: str | Path,
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        workers: int | None = 1,
     ) -> None:
+        """`workers`: `--workers`; 1 by default, so tests and benchmarks see one process whatever
+        the machine's CPUs; None: the command's own default (as the demo and production run)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
@@ -41,6 +44,8 @@ class ServerProcess:
             sys.executable, "-m", "recsys_mtl.cli", "serve",
             "--registry", str(registry), "--config", str(config), "--port", str(self.port),
         ]  # fmt: skip
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
         with open(self.log_path, "a") as logf:
             self.proc = subprocess.Popen(
                 cmd,

@@ -1,0 +1,153 @@
+"""`recsys-mtl serve --workers 2` end to end: two real worker processes on one loopback port, a real
+registry on disk. What a client or operator sees must not depend on which worker takes the
+connection: a user's A/B variant, the /metrics counters (summed over the workers), the version
+served after a promotion; and SIGTERM stops every worker.
+
+A connection stays on the worker that accepted it, so each probe opens its own connection, asks
+/healthz which worker it reached (`pid`), and sends its other requests on that connection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import orjson
+import pytest
+
+from recsys_mtl.loader import load_model
+from recsys_mtl.recipe import Recipe
+from recsys_mtl.threads import CPUs, serving_workers
+from tests.conftest import make_raw_table
+from tests.serving_support import (
+    NAME,
+    Server,
+    nulls_for_nonfinite,
+    publish,
+    request_from_table,
+    small_recipe,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+TOKEN = "test-token"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def setup(recipe: Recipe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Recipe, Path]]:
+    root = tmp_path_factory.mktemp("workers")
+    r = small_recipe(recipe)
+    publish(root / "registry", r, seed=1)
+    config = write_config(root / "serving.yaml")
+    server = Server(
+        root / "registry", config, root / "server.log", env={"RECSYS_MTL_ADMIN_TOKEN": TOKEN}, workers=2
+    )
+    try:
+        server.wait_ready()  # one worker is ready: wait for the other too
+        deadline = time.time() + 120
+        while set(_on_each_worker(server, lambda c: c.get("/readyz").status_code).values()) != {200}:
+            assert time.time() < deadline, server.log()[-4000:]
+        yield server, r, root
+    finally:
+        server.stop()
+
+
+def _on_each_worker(server: Server, probe: Callable[[httpx.Client], T], timeout: float = 60) -> dict[int, T]:
+    """`probe` run on fresh connections until both workers have answered: {pid: its last result}."""
+    seen: dict[int, T] = {}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            info = c.get("/healthz").json()
+            assert info["workers"] == 2
+            seen[info["pid"]] = probe(c)
+        if len(seen) == 2:
+            return seen
+    raise TimeoutError(f"only workers {sorted(seen)} answered:\n{server.log()[-4000:]}")
+
+
+def _score_requests(metrics: str) -> float:
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r'^recsys_requests_total\{[^}]*route="/score"[^}]*\} (\S+)$', metrics, re.M)
+    )
+
+
+def test_workers_agree_on_variants_metrics_and_reloads(setup: tuple[Server, Recipe, Path]) -> None:
+    server, recipe, root = setup
+    table = nulls_for_nonfinite(make_raw_table(recipe, 4, seed=3))
+    columns = load_model(root / "registry", NAME).input_columns
+    users = [f"user-{i}" for i in range(6)]
+    sent = 0
+
+    def variants(c: httpx.Client) -> dict[str, str]:
+        nonlocal sent
+        got = {}
+        for u in users:
+            body = orjson.dumps(request_from_table(table, u, columns))
+            r = c.post("/score", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            sent += 1
+            got[u] = r.headers["x-variant"]
+        return got
+
+    # a user's variant is a hash of its id: the same whichever worker scores it
+    by_worker = _on_each_worker(server, variants)
+    first, second = by_worker.values()
+    assert first == second and len(set(first.values())) == 2, by_worker
+
+    # every worker's scrape counts every worker's requests
+    scrapes = _on_each_worker(server, lambda c: _score_requests(c.get("/metrics").text))
+    assert set(scrapes.values()) == {float(sent)}, (scrapes, sent)
+
+    # a promoted version reaches every worker (each polls the registry)
+    publish(root / "registry", recipe, seed=2)
+
+    def versions(c: httpx.Client) -> set[str | None]:
+        return {v["version"] for v in c.get("/models").json()["variants"]}
+
+    deadline = time.time() + 60
+    while (seen := _on_each_worker(server, versions)) != {pid: {"2"} for pid in seen}:
+        assert time.time() < deadline, seen
+
+    # SIGTERM: the supervisor drains and stops every worker, then exits
+    pids = list(seen)
+    assert server.stop() == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "worker" in server.log()
+
+
+def _cpus(n: int, quota: float | None = None) -> CPUs:
+    return CPUs(affinity=n, quota=quota)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "threads", "workers"),
+    [
+        (_cpus(16), 1, 8),  # each worker: 1 forward thread + its event loop
+        (_cpus(16), 3, 4),
+        (_cpus(2), 1, 1),
+        (_cpus(1), 1, 1),  # never fewer than one
+        (_cpus(64, quota=6.0), 2, 2),  # the cgroup quota, not the host's cores
+        (_cpus(8), 16, 1),
+    ],
+)
+def test_the_default_worker_count(cpus: CPUs, threads: int, workers: int) -> None:
+    assert serving_workers(threads, cpus) == workers
+
+
+def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import cli
+
+    (tmp_path / "registry").mkdir()
+    config = write_config(tmp_path / "serving.yaml")
+    r = cli("serve", "--registry", str(tmp_path / "registry"), "--config", str(config), "--workers", "0")
+    assert r.returncode != 0 and "--workers 0" in r.stderr
