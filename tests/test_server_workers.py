@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,7 +46,10 @@ def setup(recipe: Recipe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = tmp_path_factory.mktemp("workers")
     r = small_recipe(recipe)
     publish(root / "registry", r, seed=1)
-    config = write_config(root / "serving.yaml")
+    # write_config's runtime, with a short request-head timeout
+    runtime = {"torch_threads": 1, "reload_interval_s": 0.3, "warm_up_batch_sizes": [1, 64]}
+    runtime["header_timeout_s"] = 1
+    config = write_config(root / "serving.yaml", runtime=runtime)
     server = Server(
         root / "registry", config, root / "server.log", env={"RECSYS_MTL_ADMIN_TOKEN": TOKEN}, workers=2
     )
@@ -70,6 +75,13 @@ def _on_each_worker(server: Server, probe: Callable[[httpx.Client], T], timeout:
         if len(seen) == 2:
             return seen
     raise TimeoutError(f"only workers {sorted(seen)} answered:\n{server.log()[-4000:]}")
+
+
+def _sample(metrics: str, series: str) -> float:
+    """The value of one series (a regex of its name and labels) in a scrape."""
+    m = re.search(rf"^{series} (\S+)$", metrics, re.M)
+    assert m is not None, series
+    return float(m.group(1))
 
 
 def _score_requests(metrics: str) -> float:
@@ -115,6 +127,31 @@ def test_workers_agree_on_variants_metrics_and_reloads(setup: tuple[Server, Reci
     deadline = time.time() + 60
     while (seen := _on_each_worker(server, versions)) != {pid: {"2"} for pid in seen}:
         assert time.time() < deadline, seen
+
+    # the connection guard (serving/protocol.py) runs in the workers: idle connections are closed
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    for sock in idle:
+        sock.settimeout(10)
+        assert sock.recv(1) == b""  # closed by the server after runtime.header_timeout_s
+        sock.close()
+    metrics = _on_each_worker(server, lambda c: c.get("/metrics").text)
+    for text in metrics.values():
+        assert _sample(text, r'recsys_connections_refused_total\{reason="head_timeout"\}') == 4.0
+
+    # a worker that dies is replaced (uvicorn logs it); its counts stay, its live series go
+    dead = next(iter(seen))
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.time() + 120
+    while True:
+        seen = _on_each_worker(server, lambda c: c.get("/readyz").status_code, timeout=120)
+        if dead not in seen and set(seen.values()) == {200}:
+            break
+        assert time.time() < deadline, server.log()[-4000:]
+    assert f"Child process [{dead}] died" in server.log()
+    for text in _on_each_worker(server, lambda c: c.get("/metrics").text).values():
+        assert _score_requests(text) == sent
+        info_pids = set(re.findall(r'^recsys_model_info\{[^}]*pid="(\d+)"', text, re.M))
+        assert info_pids == {str(p) for p in seen}, text
 
     # SIGTERM: the supervisor drains and stops every worker, then exits
     pids = list(seen)
