@@ -352,7 +352,12 @@ def _check_versions(manifest: Mapping[str, Any], where: Path) -> None:
 
 
 def load_model(
-    registry: Registry | str | Path, name: str, version: str | int = "current", *, int8: bool = False
+    registry: Registry | str | Path,
+    name: str,
+    version: str | int = "current",
+    *,
+    int8: bool = False,
+    share_weights: bool = False,
 ) -> LoadedModel:
     """Load a registry model: resolve the version, read the manifest, verify the artifact's sha256
     BEFORE loading it, load it, and rebuild the feature transform from the manifest's spec.
@@ -363,6 +368,10 @@ def load_model(
         version: "current" (current.json), "latest", or a version ("3" or 3).
         int8: load the int8 build: the version itself if it was exported with --int8, else its
             int8 companion (export --also-int8); a version with neither is refused.
+        share_weights: back an fp32 build's tensors with the version's weights.pt mapped from the
+            file (sha256 checked first), so processes that load the same version share one copy
+            (recsys_mtl/shared_weights.py; serving with several workers). Without a usable
+            weights.pt the model keeps its own copy (logged).
 
     Raises:
         RegistryError: no such model/version, or an unreadable manifest.
@@ -373,13 +382,40 @@ def load_model(
     d = reg.version_dir(name, v)
     manifest = reg.manifest(name, v)
     try:
-        return _load_version(reg, name, v, d, manifest, int8)
+        model = _load_version(reg, name, v, d, manifest, int8)
     except (ModelLoadError, RegistryError):
         raise
     except (AttributeError, TypeError, KeyError, ValueError) as e:
         # a field of the wrong JSON type (a string where an object belongs, a task without a name):
         # the documented error, naming the version, never a bare TypeError from deep inside
         raise ModelLoadError(f"{d}: malformed manifest ({type(e).__name__}: {e})") from None
+    if share_weights and model.build == "primary" and not manifest.get("int8", False):
+        _share_weights(reg, model)
+    return model
+
+
+def _share_weights(reg: Registry, model: LoadedModel) -> None:
+    """`load_model(share_weights=True)`: map weights.pt under the model's tensors, or leave them."""
+    from recsys_mtl.shared_weights import map_weights
+
+    entry = model.manifest.get("weights")
+    module = getattr(model.artifact, "module", None)
+    if not isinstance(entry, dict) or not isinstance(module, torch.nn.Module):
+        log.warning("%s: no weights.pt to share; this process keeps its own copy", model.path)
+        return
+    try:
+        with reg.verified_path(model.name, model.version, entry) as path:
+            shared, private = map_weights(module, path)
+    except (RegistryError, OSError, RuntimeError, ValueError) as e:
+        log.warning("%s: weights.pt not shared (%s); this process keeps its own copy", model.path, e)
+        return
+    log.info(
+        "%s v%s: %.1f MiB of weights mapped from weights.pt (shared between processes), %.1f MiB own",
+        model.name,
+        model.version,
+        shared / 2**20,
+        private / 2**20,
+    )
 
 
 def _load_version(

@@ -103,8 +103,12 @@ class ModelPool:
         warm_up_batch_sizes: Sequence[int] = (1, 100, 500, 2000),
         on_loaded: Callable[[ModelRef], Any] | None = None,
         on_failed: Callable[[ModelRef], Any] | None = None,
+        share_weights: bool = False,
     ) -> None:
+        """`share_weights`: fp32 builds' tensors are mapped from their weights.pt, so the
+        processes of a server with several workers hold one copy (recsys_mtl/shared_weights.py)."""
         self.registry = registry
+        self.share_weights = share_weights
         self.warm_up_batch_sizes = tuple(warm_up_batch_sizes)
         self._slots: dict[RefKey, Slot] = {}
         # Never mutated: replaced whole, so a reader sees one round's swaps all or none.
@@ -209,7 +213,7 @@ class ModelPool:
     def _load(self, name: str, version: str, int8: bool) -> LoadedModel:
         """One build of a version, loaded, validated and warmed up; _BuildFailed otherwise."""
         try:
-            model = load_model(self.registry, name, version, int8=int8)
+            model = load_model(self.registry, name, version, int8=int8, share_weights=self.share_weights)
             model.validate()
             model.warm_up(self.warm_up_batch_sizes)
         except (ModelLoadError, RegistryError) as e:

@@ -97,6 +97,8 @@ class ScoringService:
             rt.warm_up_batch_sizes,
             on_loaded=lambda ref: self.metrics.reloads.labels(ref.model).inc(),
             on_failed=lambda ref: self.metrics.reload_failures.labels(ref.model).inc(),
+            # several workers load the same versions: one copy of the fp32 weights between them
+            share_weights=workers > 1,
         )
         self.worker = InferenceWorker(
             max_batch_candidates=rt.max_batch_candidates,
