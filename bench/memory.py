@@ -11,7 +11,7 @@ peak is its own:
     reload        a hot reload: one version loaded, a second loaded beside it, the first dropped
                   (what serving/pool.py does; measured here with load_model, no server)
 
-Each child reports its peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`) and its RSS once torch and
+Each child reports its peak RSS (VmHWM in /proc/self/status) and its RSS once torch and
 the package are imported (the floor every process pays, whatever the model), and the table
 divides both by the model's size (the sum of its parameter bytes). With `--baseline-worktree`
 every step runs first against that checkout (PYTHONPATH pointed at it, same interpreter), so one
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,12 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's high-water RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    exec from the parent that forked the child, so a child of a large process reports its size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # ---- children -----------------------------------------------------------------------------------

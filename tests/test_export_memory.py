@@ -30,7 +30,7 @@ EXPORT_MAX_COPIES = 3.2  # the eager model + the artifact loaded back (2x) + scr
 LOAD_MAX_COPIES = 2.0  # the loaded module (1x) + torch; old: 4x
 
 _RSS = """
-import json, resource, sys, warnings
+import json, sys, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
 def rss():
@@ -38,7 +38,11 @@ def rss():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own high-water mark. Not getrusage's ru_maxrss, which Linux carries
+    # over exec from the forking parent (a pytest process of 1.4 GB late in the suite)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 """
 
 _EXPORT = (
