@@ -10,10 +10,11 @@ POST /admin/reload and forced variants is read from the environment variable the
 Workers: `--workers N` runs N processes on the port, each a whole server (its models, inference
 thread, reload watcher); connections are spread over them by the kernel. The default is one worker
 per runtime.torch_threads + 1 CPUs this process may use (affinity mask, cgroup quota): each keeps
-torch_threads CPUs busy in its forward and one with its event loop. Memory grows with the workers:
-each loads its own models. A hot reload happens in every worker within runtime.reload_interval_s;
-POST /admin/reload reaches the one worker that takes it. /metrics sums over all workers; /healthz
-and /models say which worker answered (pid, workers).
+torch_threads CPUs busy in its forward and one with its event loop. Each worker loads its own
+models; with several, fp32 weights are mapped from the version's weights.pt, one copy shared by
+all (int8 builds: one per worker; docs/OPERATIONS.md, "Memory"). A hot reload happens in every
+worker within runtime.reload_interval_s; POST /admin/reload reaches the one worker that takes it.
+/metrics sums over all workers; /healthz and /models say which worker answered (pid, workers).
 
 examples:
   recsys-mtl serve --registry registry --config configs/serving.yaml --port 8000
