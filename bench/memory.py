@@ -20,12 +20,18 @@ run gives before and after.
     .venv/bin/python bench/memory.py --user-rows 10000019 --creative-rows 1000003 \\
         --baseline-worktree /tmp/mem_base
 
+With `--server-workers 1,4` (this checkout only) it then starts `recsys-mtl serve --workers N` on
+the exported model for each N and reports, once every worker is ready, the whole process tree's
+RSS (which counts a page shared by several workers in each of them) and PSS (which divides it
+among them: the memory the tree really takes), split into anonymous and file-backed.
+
 A benchmark, not a test: about a minute of CPU per step at the sizes above.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -163,7 +169,73 @@ def measure(tree: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["reload"] = _run(
         tree, ["--child", "load", "--registry", str(reg), "--version", "1", "--reload-to", "2"]
     )
+    if tree == REPO and args.server_workers:  # `serve --workers` exists in this code only
+        out["servers"] = [server_memory(reg, int(n), work) for n in args.server_workers.split(",")]
     return out
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """`pid` and its descendants (/proc/<pid>/task/<tid>/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _mem_kib(pid: int) -> dict[str, int]:
+    """RSS (counts shared pages in every process) and PSS (shares them out) of one process, KiB."""
+    got: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss", "Pss_Anon", "Pss_File"):
+            got[key] = int(rest.split()[0])
+    return got
+
+
+def server_memory(registry: Path, workers: int, work: Path) -> dict[str, Any]:
+    """`recsys-mtl serve --workers N` on the registry's current version, once every worker is
+    ready: the RSS and PSS of the whole process tree (the supervisor and its workers)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from serving_workers import wait_all_ready
+
+    from recsys_mtl.devtools.fixtures import write_config
+    from recsys_mtl.devtools.server_process import ServerProcess
+
+    config = write_config(
+        work / f"serving-{workers}.yaml",
+        runtime={"torch_threads": 1, "warm_up_batch_sizes": [1, 100]},
+        experiments=[{"name": "exp", "salt": "s", "variants": [{"name": "a", "weight": 1, "model": NAME}]}],
+    )
+    server = ServerProcess(registry, config, work / f"server-{workers}.log", workers=workers)
+    try:
+        wait_all_ready(server, workers)
+        time.sleep(2)  # let warm-up allocations settle
+        pids = _tree_pids(server.proc.pid)
+        per = {p: _mem_kib(p) for p in pids}
+    finally:
+        server.stop()
+    total = {k: sum(m.get(k, 0) for m in per.values()) / 1024 for k in ("Rss", "Pss", "Pss_Anon", "Pss_File")}
+    return {"workers": workers, "processes": len(pids), **{f"{k.lower()}_mb": v for k, v in total.items()}}
+
+
+def workers_table(rows: list[dict[str, Any]], model_mb: float) -> str:
+    base = rows[0]["pss_mb"]
+    lines = [
+        "| workers | processes | sum of RSS MiB | PSS MiB (anon + file) | PSS vs the first row "
+        "| PSS / model |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['processes']} | {r['rss_mb']:,.0f} | {r['pss_mb']:,.0f} "
+            f"({r['pss_anon_mb']:,.0f} + {r['pss_file_mb']:,.0f}) | {r['pss_mb'] / base:.2f}x | "
+            f"{r['pss_mb'] / model_mb:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -196,6 +268,12 @@ def main() -> None:
     ap.add_argument("--creative-rows", type=int, default=1_000_003)
     ap.add_argument("--baseline-worktree", type=Path, help="a checkout of the code before the change")
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument(
+        "--server-workers",
+        default="",
+        help="also start `serve --workers N` for each N (e.g. 1,4) on the exported model and report "
+        "the process tree's RSS and PSS once every worker is ready",
+    )
     ap.add_argument("--child", choices=["export", "load"], help=argparse.SUPPRESS)
     ap.add_argument("--registry", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--version", default="current", help=argparse.SUPPRESS)
@@ -219,9 +297,13 @@ def main() -> None:
             f"{m['model_bytes'] / 2**20:.0f} MiB",
             file=sys.stderr,
         )
+    servers = results["after"].pop("servers", None)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({**results, "servers": servers}, indent=2))
     print(table(results))
+    if servers:
+        print()
+        print(workers_table(servers, results["after"]["export"]["model_bytes"] / 2**20))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Run the scoring app under uvicorn (uvloop + httptools), as `recsys-mtl serve` does.
 
-One worker (`workers=1`): the app lives in this process, as it always has. Several: uvicorn's
-supervisor binds the port here and spawns that many worker processes (serving/workers.py), each a
-whole server; this process only supervises (restarts a worker that dies, forwards SIGTERM) and
-never imports torch or loads a model.
+One worker (`workers=1`): the app lives in this process, as it always has. Several: this process
+spawns that many worker processes (serving/supervisor.py), each a whole server (serving/workers.py)
+on its own SO_REUSEPORT socket of the one port; it only supervises (restarts a worker that dies,
+forwards SIGTERM) and never imports torch or loads a model.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+from serving.supervisor import supervise
 
 log = logging.getLogger("serving.server")
 
@@ -89,18 +91,8 @@ def _run_workers(
         metrics_dir,
     )
     try:
-        uvicorn.run(
-            "serving.workers:app_factory",
-            factory=True,
-            host=host,
-            port=port,
-            # each worker's guarded httptools protocol (serving/workers.py, serving/protocol.py)
-            http="serving.workers:http_protocol",
-            access_log=access_log,
-            log_level=log_level,
-            workers=workers,
-            **_COMMON,
-        )
+        # each worker binds its own socket (SO_REUSEPORT): serving/supervisor.py says why
+        supervise(host, port, workers, {"access_log": access_log, "log_level": log_level, **_COMMON})
     finally:
         if not given:
             shutil.rmtree(metrics_dir, ignore_errors=True)

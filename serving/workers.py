@@ -1,7 +1,8 @@
 """One worker process of `recsys-mtl serve --workers N` (N > 1): what uvicorn runs in each child.
 
-uvicorn's supervisor (serving/server.py) binds the port once and spawns N children that accept on
-it; it restarts a child that dies (and logs it), and on SIGTERM it sends SIGTERM to each, which
+serving/supervisor.py spawns N children, each accepting on its own SO_REUSEPORT socket of the port
+(so the kernel spreads connections over them); it restarts a child that dies (and logs it), and
+on SIGTERM it sends SIGTERM to each, which
 drains its requests (30 s) like a single server does. A spawned child imports the app by name, so
 the config and registry paths and the worker count reach it through the environment (the `*_ENV`
 names of serving/server.py, set by the parent), and the http protocol is a function of this module

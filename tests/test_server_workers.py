@@ -9,6 +9,7 @@ A connection stays on the worker that accepted it, so each probe opens its own c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -91,6 +92,45 @@ def _score_requests(metrics: str) -> float:
     )
 
 
+def test_connections_opened_together_spread_over_the_workers(setup: tuple[Server, Recipe, Path]) -> None:
+    """A client pool opens its keep-alive connections at once. On one shared listening socket the
+    first worker to wake accepted every queued connection and the other idled (0 CPU s in the
+    benchmark); with a socket per worker (SO_REUSEPORT) the kernel spreads them. 16 connections
+    land on one worker of two by chance with probability 2 / 2^16."""
+    server = setup[0]
+    host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
+    conns = [socket.create_connection((host, port), timeout=30) for _ in range(16)]  # all queued
+    pids = []
+    try:
+        for c in conns:
+            c.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        for c in conns:
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = c.recv(65536)
+                assert chunk, data
+                data += chunk
+            pids.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["pid"])
+    finally:
+        for c in conns:
+            c.close()
+    assert len(set(pids)) == 2, pids
+    # the mechanism: one listening socket per worker (one shared socket before), so the kernel
+    # keeps an accept queue per worker and balances connections over them
+    assert _listening_sockets(port) == 2
+
+
+def _listening_sockets(port: int) -> int:
+    """Distinct listening TCP sockets (inodes) on `port`, from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f[9])
+    return len(inodes)
+
+
 def test_workers_agree_on_variants_metrics_and_reloads(setup: tuple[Server, Recipe, Path]) -> None:
     server, recipe, root = setup
     table = nulls_for_nonfinite(make_raw_table(recipe, 4, seed=3))
@@ -147,7 +187,7 @@ def test_workers_agree_on_variants_metrics_and_reloads(setup: tuple[Server, Reci
         if dead not in seen and set(seen.values()) == {200}:
             break
         assert time.time() < deadline, server.log()[-4000:]
-    assert f"Child process [{dead}] died" in server.log()
+    assert f"worker {dead} died" in server.log()
     for text in _on_each_worker(server, lambda c: c.get("/metrics").text).values():
         assert _score_requests(text) == sent
         info_pids = set(re.findall(r'^recsys_model_info\{[^}]*pid="(\d+)"', text, re.M))
