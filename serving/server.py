@@ -39,10 +39,10 @@ def run(
     access_log: bool = False,
     log_level: str = "info",
     workers: int = 1,
-) -> None:
+) -> int:
+    """Serve until stopped; the exit status (non-zero: workers that could not start)."""
     if workers > 1:
-        _run_workers(config, registry, host, port, access_log, log_level, workers)
-        return
+        return _run_workers(config, registry, host, port, access_log, log_level, workers)
     from serving.app import create_app
     from serving.protocol import guarded_protocol
 
@@ -59,6 +59,7 @@ def run(
         workers=1,
         **_COMMON,
     )
+    return 0
 
 
 def _run_workers(
@@ -69,7 +70,7 @@ def _run_workers(
     access_log: bool,
     log_level: str,
     workers: int,
-) -> None:
+) -> int:
     """`workers` processes on one port (serving/workers.py), their metrics in one directory."""
     from serving.metrics import MULTIPROC_ENV
 
@@ -92,7 +93,7 @@ def _run_workers(
     )
     try:
         # each worker binds its own socket (SO_REUSEPORT): serving/supervisor.py says why
-        supervise(host, port, workers, {"access_log": access_log, "log_level": log_level, **_COMMON})
+        return supervise(host, port, workers, {"access_log": access_log, "log_level": log_level, **_COMMON})
     finally:
         if not given:
             shutil.rmtree(metrics_dir, ignore_errors=True)

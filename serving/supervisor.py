@@ -31,6 +31,10 @@ from typing import Any
 log = logging.getLogger("serving.supervisor")
 
 DRAIN_S = 35.0  # uvicorn's graceful shutdown (30 s) and a margin, before a worker is killed
+# more deaths than this within CRASH_WINDOW_S is not a worker that crashed but one that cannot
+# start (a port taken by another program, a registry it cannot read): stop instead of looping
+MAX_DEATHS = 5
+CRASH_WINDOW_S = 60.0
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -58,7 +62,8 @@ def _worker(host: str, port: int, uvicorn_kwargs: dict[str, Any]) -> None:
 
 
 def supervise(host: str, port: int, workers: int, uvicorn_kwargs: dict[str, Any]) -> int:
-    """Run `workers` worker processes until SIGTERM / SIGINT; returns the exit status (0)."""
+    """Run `workers` worker processes until SIGTERM / SIGINT (exit status 0), or until they die
+    more than MAX_DEATHS times within CRASH_WINDOW_S (1: they cannot start)."""
     probe = reuse_port_socket(host, port)  # the port is free to us (else OSError here, at once)
     probe.close()
     ctx = mp.get_context("spawn")
@@ -77,12 +82,29 @@ def supervise(host: str, port: int, workers: int, uvicorn_kwargs: dict[str, Any]
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, stop)
     procs = [start() for _ in range(workers)]
+    deaths: list[float] = []
+    status = 0
     while not stopping.wait(0.5):
         for i, p in enumerate(procs):
-            if not p.is_alive() and not stopping.is_set():
-                log.warning("worker %d died (exit code %s); starting another", p.pid, p.exitcode)
-                _forget(p.pid)
-                procs[i] = start()
+            if p.is_alive() or stopping.is_set():
+                continue
+            _forget(p.pid)
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < CRASH_WINDOW_S] + [now]
+            if len(deaths) > MAX_DEATHS:
+                log.error(
+                    "worker %d died (exit code %s), the %dth death within %.0f s: the workers cannot "
+                    "start (see their log lines above); stopping",
+                    p.pid,
+                    p.exitcode,
+                    len(deaths),
+                    CRASH_WINDOW_S,
+                )
+                stopping.set()
+                status = 1
+                break
+            log.warning("worker %d died (exit code %s); starting another", p.pid, p.exitcode)
+            procs[i] = start()
     for p in procs:
         if p.is_alive() and p.pid is not None:
             os.kill(p.pid, signal.SIGTERM)
@@ -94,7 +116,7 @@ def supervise(host: str, port: int, workers: int, uvicorn_kwargs: dict[str, Any]
             p.kill()
             p.join()
     log.info("all workers stopped")
-    return 0
+    return status
 
 
 def _forget(pid: int | None) -> None:

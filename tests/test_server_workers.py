@@ -14,6 +14,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,3 +230,19 @@ def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "serving.yaml")
     r = cli("serve", "--registry", str(tmp_path / "registry"), "--config", str(config), "--workers", "0")
     assert r.returncode != 0 and "--workers 0" in r.stderr
+
+
+def test_workers_that_cannot_start_stop_the_server(tmp_path: Path) -> None:
+    """A worker that dies at start (here: its config is gone) is not restarted forever: after
+    MAX_DEATHS deaths within CRASH_WINDOW_S the supervisor stops, exit status 1, saying why."""
+    from recsys_mtl.distributed import free_port
+    from serving.server import CONFIG_ENV, REGISTRY_ENV, WORKERS_ENV
+
+    code = (
+        "import sys; from serving.supervisor import supervise; "
+        f"sys.exit(supervise('127.0.0.1', {free_port()}, 2, {{'log_level': 'warning'}}))"
+    )
+    env = {**os.environ, CONFIG_ENV: str(tmp_path / "gone.yaml"), REGISTRY_ENV: "", WORKERS_ENV: "2"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "the workers cannot start" in r.stderr

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.server import run as serve
 
     try:
-        serve(
+        status = serve(
             args.config,
             args.registry,
             host=args.host,
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ConfigError as e:
         return fail(e)
-    return 0
+    return status
 
 
 def _default_workers(torch_threads: int) -> int:
