@@ -1,5 +1,7 @@
-"""Run every benchmark in bench/ (what `make bench` runs); each prints its table and writes JSON
-under bench/out/. Figures go into docs/BENCHMARKS.md with the command that produced them."""
+"""Run the core benchmarks (what `make bench` runs: reading and training throughput); each prints
+its table and writes JSON under bench/out/. The other scripts in bench/ each answer one question
+(quality, serving load, memory, workers, contention, ...) and are run by hand with the command
+docs/BENCHMARKS.md gives beside each table."""
 
 from __future__ import annotations
 
