@@ -28,7 +28,7 @@ from typing import Any
 from recsys_mtl.calibration import HeldOutCalibration, fit_and_report
 from recsys_mtl.cold_start import ColdStartSplit, run_training_items
 from recsys_mtl.evaluation import Predictions, compute_metrics, evaluation_reader, expert_usage, predict
-from recsys_mtl.loader import load_model
+from recsys_mtl.loader import PerRowForward, load_model
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.registry import MANIFEST_FILE, Registry
 from recsys_mtl.run import load_run
@@ -77,9 +77,8 @@ def evaluate_pair(
         return EvaluatedPair(new_preds, new_metrics, experts, None, None, held, split)
     serving = load_model(registry, name, serving_version)
     serving_recipe = recipe_from_dict(serving.manifest["recipe"], f"{serving.path}/{MANIFEST_FILE}")
-    module = serving.artifact.module  # type: ignore[attr-defined]
     s_reader = evaluation_reader(serving_recipe, data_dir, transform=serving.transform, start=day, end=day)
-    serving_preds = predict(module, s_reader)
+    serving_preds = predict(PerRowForward(serving), s_reader)  # per-row batches, whichever its export
     # the same rows in the same order (one day, storage order): the new model's split applies
     same_rows = split is not None and serving_preds.num_rows == new_preds.num_rows
     serving_metrics = compute_metrics(serving_recipe, serving_preds, cold_start=split if same_rows else None)

@@ -634,7 +634,9 @@ class CalibratedModel(nn.Module):
     """The model's outputs with the calibration applied (the export-side wrapper; the model's own
     forward is the same in training and export): each mapped head task's `<t>_logit` becomes the
     calibrated logit and `<t>` its sigmoid; each product task is recomputed from its (calibrated)
-    factors; every other output passes through unchanged. Scripted around the scripted model."""
+    factors; every other output passes through unchanged. Scripted around the scripted model, whose
+    forward is the grouped one (`MultiTaskModel.forward_grouped`); `calibrate` applies the maps to
+    any outputs (the export's eager reference: the per-candidate forward's)."""
 
     def __init__(self, model: nn.Module, cal: Calibration) -> None:
         super().__init__()
@@ -642,8 +644,13 @@ class CalibratedModel(nn.Module):
         self.maps = nn.ModuleDict({t: LogitMapModule(m) for t, m in cal.maps.items()})
         self.products: dict[str, list[str]] = {t: list(f) for t, f in cal.products.items()}
 
-    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(sparse, dense)
+    def forward(
+        self, sparse: KeyedJaggedTensor, dense: torch.Tensor, group: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return self.calibrate(self.model(sparse, dense, group))
+
+    def calibrate(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's outputs with the maps applied (class docstring)."""
         res: dict[str, torch.Tensor] = {}
         for k, v in out.items():
             res[k] = v

@@ -14,6 +14,12 @@ published the artifact is reloaded from that file and scored against the eager m
 rows at batch sizes 1, 7 and 64 (tracing can freeze lengths); an fp32 export that differs by more
 than `FP32_TOLERANCE` is refused. The int8 difference is recorded.
 
+The artifact's forward is `MultiTaskModel.forward_grouped` (`ExportedForm`): it reads grouped
+batches, a request's user and context features once for all its candidates. The parity check runs
+it on rows that are each their own user and on a request with one user, against the eager grouped
+forward, and checks that forward against the per-candidate `forward` (`_compare`;
+docs/METHODS.md, "User-side work once").
+
 manifest.json (kind "recsys-mtl-model", manifest_version 1):
 
     name, version, created_at (UTC ISO), int8
@@ -30,7 +36,8 @@ manifest.json (kind "recsys-mtl-model", manifest_version 1):
     metrics       the run's metrics.json (held-out evaluation), or null
     source_run    {path, finished_at, steps, samples, world_size}
     versions      torch, torchrec, fbgemm_gpu, python, recsys_mtl of the exporting process
-    export        {seconds, parity: {batch_sizes, max_abs_diff (vs the fp32 eager model)}}
+    export        {seconds, parity: {batch_sizes, max_abs_diff (vs the fp32 eager model),
+                  user_once_max_abs_diff (its grouped vs its per-candidate forward)}}
     golden        {columns, outputs}: 8 raw rows and the artifact's outputs on them; the server
                   re-scores them before it serves (`LoadedModel.validate`)
     weights       {format: "torch-state-dict", file: "weights.pt", sha256, bytes}: the fp32 weights
@@ -81,7 +88,7 @@ from recsys_mtl.loader import (
     TorchScriptArtifact,
     synthetic_columns,
 )
-from recsys_mtl.models.model import MultiTaskModel
+from recsys_mtl.models.model import ExportedForm, MultiTaskModel
 from recsys_mtl.recipe import Recipe
 from recsys_mtl.registry import UNSET, Expect, Registry, StagedVersion, check_name
 from recsys_mtl.streamed_write import WrittenFile
@@ -168,6 +175,7 @@ def script_model(
             from torchrec.inference.modules import quantize_inference_model
 
             m = quantize_inference_model(m)
+        m.__class__ = ExportedForm  # the copy's forward is the grouped one; modules and names unchanged
         scripted = torch.jit.script(torchrec.fx.symbolic_trace(m))
         if calibration is None or not calibration.maps:
             return scripted
@@ -213,46 +221,81 @@ def _slice(columns: Mapping[str, list[Any]], n: int) -> dict[str, list[Any]]:
     return {k: v[:n] for k, v in columns.items()}
 
 
+@dataclass
+class Parity:
+    """How a build compares with the eager model (`_compare`)."""
+
+    max_abs_diff: float  # the artifact vs the eager grouped forward, same batches, same calibration
+    user_once_max_abs_diff: float  # eager: grouped forward vs per-candidate forward, raw outputs
+    outputs: dict[str, torch.Tensor]  # the largest batch's artifact outputs (shapes describe them)
+
+
 def _parity(
-    model: torch.nn.Module, artifact: TorchScriptArtifact, transform: FeatureTransform
-) -> tuple[float, dict[str, torch.Tensor]]:
-    """Max |artifact - eager| over every output at several batch sizes; and the largest batch's
-    artifact outputs (their shapes describe the outputs)."""
+    model: MultiTaskModel,
+    calibration: Calibration | None,
+    artifact: TorchScriptArtifact,
+    transform: FeatureTransform,
+) -> Parity:
+    """`_compare` on synthetic rows at several batch sizes."""
     cols = synthetic_columns(transform, max(PARITY_BATCH_SIZES), seed=1)
     was_training = model.training
     model.eval()
     try:
-        worst, got = _compare(model, artifact, transform, cols)
+        return _compare(model, calibration, artifact, transform, cols)
     finally:
         model.train(was_training)
-    return worst, got
 
 
 def _compare(
-    model: torch.nn.Module,
+    model: MultiTaskModel,
+    calibration: Calibration | None,
     artifact: TorchScriptArtifact,
     transform: FeatureTransform,
     cols: Mapping[str, list[Any]],
-) -> tuple[float, dict[str, torch.Tensor]]:
-    worst = 0.0
+) -> Parity:
+    """Two checks, on rows that are each their own user and on a request whose user and context
+    features come once (the path the server runs), at every batch size:
+
+    - the artifact reproduces the eager model's grouped forward under the same calibration (the
+      same arithmetic: anything above FP32_TOLERANCE is an export bug);
+    - the eager grouped forward equals the per-candidate `forward` on the raw outputs (the user's
+      part summed in another order: float rounding only). Compared before the calibration, whose
+      steep segments would magnify that rounding in a calibrated logit.
+    """
+    wrapper = None if calibration is None or not calibration.maps else CalibratedModel(model, calibration)
+    worst = user_once = 0.0
     got: dict[str, torch.Tensor] = {}
     for n in PARITY_BATCH_SIZES:
-        b = transform(_slice(cols, n))
-        with torch.inference_mode():
-            want = model(b.sparse, b.dense)
-            got = artifact.forward(b.sparse, b.dense)
-        if set(got) != set(want):
-            raise ExportError(f"exported outputs {sorted(got)} differ from the model's {sorted(want)}")
-        for k in want:
-            if got[k].shape != want[k].shape:
-                raise ExportError(
-                    f"output {k!r} at batch size {n}: shape {tuple(got[k].shape)}, expected "
-                    f"{tuple(want[k].shape)} (did tracing freeze a length?)"
-                )
-            if not bool(torch.isfinite(got[k]).all()):
-                raise ExportError(f"output {k!r} at batch size {n} is not finite")
-            worst = max(worst, float((got[k] - want[k]).abs().max()))
-    return worst, got
+        rows = _slice(cols, n)
+        per_row, shared = transform.request_of(rows)
+        for label, grouped, flat in (
+            ("one user per row", transform.grouped(rows), transform(rows)),
+            ("one user for all rows", transform.grouped(per_row, shared), transform(per_row, shared)),
+        ):
+            where = f"at batch size {n}, {label}"
+            with torch.inference_mode():
+                raw = model.forward_grouped(grouped.sparse, grouped.dense, grouped.group)
+                user_once = max(user_once, _difference(raw, model(flat.sparse, flat.dense), where))
+                want = raw if wrapper is None else wrapper.calibrate(raw)
+                got = artifact.forward(grouped)
+            worst = max(worst, _difference(got, want, where))
+    return Parity(worst, user_once, got)
+
+
+def _difference(got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor], where: str) -> float:
+    if set(got) != set(want):
+        raise ExportError(f"exported outputs {sorted(got)} differ from the model's {sorted(want)}")
+    worst = 0.0
+    for k in want:
+        if got[k].shape != want[k].shape:
+            raise ExportError(
+                f"output {k!r} {where}: shape {tuple(got[k].shape)}, expected "
+                f"{tuple(want[k].shape)} (did tracing freeze a length?)"
+            )
+        if not bool(torch.isfinite(got[k]).all()):
+            raise ExportError(f"output {k!r} {where} is not finite")
+        worst = max(worst, float((got[k] - want[k]).abs().max()))
+    return worst
 
 
 def _package_versions() -> dict[str, str | None]:
@@ -327,6 +370,7 @@ class _Build:
     file: WrittenFile  # the TorchScript archive as staged: its sha256 and size
     artifact: TorchScriptArtifact  # the file loaded back, as the server will load it
     max_abs_diff: float  # vs the fp32 eager model, over PARITY_BATCH_SIZES
+    user_once_max_abs_diff: float  # eager grouped vs per-candidate forward (`Parity`)
     outputs: dict[str, torch.Tensor]  # the largest parity batch's outputs (their shapes describe them)
 
     @property
@@ -357,9 +401,14 @@ def _scripted_build(
     del scripted  # int8: its quantized tables; fp32: only module objects
     gc.collect()  # scripted modules hold reference cycles: free them before the load below
     artifact = TorchScriptArtifact.from_path(staged.path / file)  # as the server will load it
-    reference = model if calibration is None or not calibration.maps else CalibratedModel(model, calibration)
-    max_diff, outputs = _parity(reference, artifact, transform)
-    return _Build(file=written, artifact=artifact, max_abs_diff=max_diff, outputs=outputs)
+    parity = _parity(model, calibration, artifact, transform)
+    return _Build(
+        file=written,
+        artifact=artifact,
+        max_abs_diff=parity.max_abs_diff,
+        user_once_max_abs_diff=parity.user_once_max_abs_diff,
+        outputs=parity.outputs,
+    )
 
 
 def _check_fp32_parity(build: _Build) -> None:
@@ -369,12 +418,17 @@ def _check_fp32_parity(build: _Build) -> None:
             f"the TorchScript export differs from the eager model by {build.max_abs_diff:.3g} "
             f"(> {FP32_TOLERANCE:g})"
         )
+    if build.user_once_max_abs_diff > FP32_TOLERANCE:
+        raise ExportError(
+            f"the grouped forward (user-side work once) differs from the per-candidate forward by "
+            f"{build.user_once_max_abs_diff:.3g} (> {FP32_TOLERANCE:g})"
+        )
 
 
 def _golden_outputs(artifact: TorchScriptArtifact, batch: FeatureBatch) -> dict[str, torch.Tensor]:
     """The artifact's outputs on the golden rows (a transformed batch)."""
     with torch.inference_mode():
-        return artifact.forward(batch.sparse, batch.dense)
+        return artifact.forward(batch)
 
 
 def _manifest(
@@ -412,7 +466,8 @@ def _manifest(
                 if int8
                 else None
             ),
-            "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[N, D]) -> Dict[str, Tensor]",
+            "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[U + N, D], group: Tensor[N]) "
+            "-> Dict[str, Tensor]",
         },
         "outputs": _output_specs(recipe, build.outputs),
         "tasks": tasks,
@@ -432,7 +487,11 @@ def _manifest(
         "versions": _package_versions(),
         "export": {
             "seconds": round(seconds, 3),
-            "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "max_abs_diff": build.max_abs_diff},
+            "parity": {
+                "batch_sizes": list(PARITY_BATCH_SIZES),
+                "max_abs_diff": build.max_abs_diff,
+                "user_once_max_abs_diff": build.user_once_max_abs_diff,
+            },
         },
         "golden": {
             "columns": golden_cols,
@@ -543,7 +602,7 @@ def export_model(
         if not int8:
             _check_fp32_parity(build)
         golden_cols = synthetic_columns(transform, GOLDEN_ROWS, seed=0)
-        golden = transform(golden_cols)
+        golden = transform.grouped(golden_cols)
         golden_out = _golden_outputs(build.artifact, golden)
         seconds = time.perf_counter() - t0
         manifest = _manifest(

@@ -69,8 +69,9 @@ class ModelArtifact(Protocol):
     """A loaded model artifact: the exported `MultiTaskModel.forward`, whatever its file format."""
 
     format: str
+    grouped: bool  # reads grouped batches (`FeatureTransform.grouped`); else per-row ones
 
-    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
         """Model outputs (see recsys_mtl.models.model) for one batch of transformed rows."""
         ...
 
@@ -82,6 +83,9 @@ class TorchScriptArtifact:
 
     def __init__(self, module: torch.jit.ScriptModule) -> None:
         self.module = module
+        # Exported since user-side work is done once per request: forward(sparse, dense, group),
+        # `MultiTaskModel.forward_grouped`; before: forward(sparse, dense). The archive says which.
+        self.grouped: bool = len(module.forward.schema.arguments) == 4
 
     @classmethod
     def from_path(cls, path: str | Path) -> TorchScriptArtifact:
@@ -108,8 +112,18 @@ class TorchScriptArtifact:
         module.eval()
         return cls(module)
 
-    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.module(sparse, dense)
+    def forward(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+        if self.grouped:
+            if batch.group is None:
+                raise ValueError(
+                    "this model reads grouped batches (FeatureTransform.grouped), got a per-row one"
+                )
+            return self.module(batch.sparse, batch.dense, batch.group)
+        if batch.group is not None:
+            raise ValueError(
+                "this model (exported before grouped batches) reads per-row batches, got a grouped one"
+            )
+        return self.module(batch.sparse, batch.dense)
 
 
 # manifest artifact.format -> loader of the verified file (a path, see `load_artifact`)
@@ -225,17 +239,33 @@ class LoadedModel:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def predict(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
-        """Raw model outputs (probabilities, logits, hazards) for already-transformed rows."""
-        with torch.inference_mode():
-            return self.artifact.forward(batch.sparse, batch.dense)
+    def features(self, columns: Columns, shared: Mapping[str, Any] | None = None) -> FeatureBatch:
+        """Raw rows -> the batch this model reads: grouped for models exported since user-side work
+        is done once per request (`FeatureTransform.grouped`: a request whose `shared` columns hold
+        every user and context feature is one user row for all its candidates), per row for older
+        ones. Arguments as `FeatureTransform.__call__`."""
+        if self.artifact.grouped:
+            return self.transform.grouped(columns, shared)
+        return self.transform(columns, shared)
 
-    def score(self, columns: Columns, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def predict(self, batch: FeatureBatch) -> dict[str, torch.Tensor]:
+        """Raw model outputs (probabilities, logits, hazards) for rows from `features` (or a
+        per-row batch from `transform`: a grouped model reads it as one user per row)."""
+        if self.artifact.grouped and batch.group is None:
+            batch = self.transform.as_grouped(batch)
+        with torch.inference_mode():
+            return self.artifact.forward(batch)
+
+    def score(
+        self, columns: Columns, tasks: Sequence[str] | None = None, shared: Mapping[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
         """Score raw rows (a pyarrow Table/RecordBatch or a dict column -> values).
 
         Args:
             columns: one row per candidate, with at least `input_columns` (others are ignored).
             tasks: the tasks wanted (default: all); an unknown name is a ValueError.
+            shared: columns of one value for every row (a request's user and context features):
+                with all of them here, the user's part is computed once for all the rows.
 
         Returns:
             float32 arrays in row order; see the module docstring for the keys.
@@ -245,7 +275,7 @@ class LoadedModel:
                 (its `field` names the column); ValueError: no rows, or an unknown task.
         """
         wanted = self.wanted(tasks)
-        batch = self.transform(columns)
+        batch = self.features(columns, shared)
         if batch.batch_size == 0:
             raise ValueError("no rows to score")
         return self.postprocess(self.predict(batch), wanted)
@@ -283,7 +313,7 @@ class LoadedModel:
         if not isinstance(golden, dict) or "columns" not in golden or not isinstance(outputs, dict):
             raise ModelLoadError(f"{self.path}: the manifest has no golden request to validate with")
         try:
-            got = self.predict(self.transform(golden["columns"]))
+            got = self.predict(self.features(golden["columns"]))
         except Exception as e:  # any failure here means the model must not be served
             raise ModelLoadError(f"{self.path}: scoring the golden request failed: {e}") from e
         for key, want in outputs.items():
@@ -307,7 +337,24 @@ class LoadedModel:
     def warm_up(self, batch_sizes: Sequence[int] = (1, 64, 2000), seed: int = 1) -> None:
         """Run a few batches of synthetic rows so first requests do not pay one-time costs."""
         for n in batch_sizes:
-            self.score(synthetic_columns(self.transform, n, seed=seed))
+            cols = synthetic_columns(self.transform, n, seed=seed)
+            self.score(cols)  # one user per row
+            per_row, shared = self.transform.request_of(cols)
+            self.score(per_row, shared=shared)  # a request: one user for all its candidates
+
+
+class PerRowForward(torch.nn.Module):
+    """A loaded model as a module with the training model's `forward(sparse, dense)` on per-row
+    batches, for code that runs either (the nightly's evaluation of the serving version)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__()
+        self.loaded = model
+        self.module = model.artifact.module  # type: ignore[attr-defined]  # its parameters: the device
+        self.eval()  # a loaded model is never trained: callers that restore the mode restore this
+
+    def forward(self, sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.loaded.predict(FeatureBatch(sparse=sparse, dense=dense))
 
 
 def _tasks_from_manifest(manifest: Mapping[str, Any]) -> list[TaskInfo]:

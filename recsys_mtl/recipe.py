@@ -109,6 +109,13 @@ class FeatureSpec(_Strict):
         return self.table or self.name
 
     @property
+    def request_level(self) -> bool:
+        """A user or context feature: one value per score request, shared by its candidates. The
+        exported model computes such features' part once per request (docs/METHODS.md, "User-side
+        work once"); `item` features are read per candidate."""
+        return self.group != "item"
+
+    @property
     def is_sparse(self) -> bool:
         return self.kind in ("id", "multi_id", "sequence")
 

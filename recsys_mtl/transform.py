@@ -81,67 +81,119 @@ def value_kind(t: pa.DataType, plural: bool = True) -> str:
 
 @dataclass
 class FeatureBatch:
-    """Model inputs for a batch of rows: sparse ids (KJT keyed by feature name) and dense floats."""
+    """Model inputs for a batch of rows: sparse ids (KJT keyed by feature name) and dense floats.
+
+    Per row (``group`` None): one model row per candidate. Grouped (`FeatureTransform.grouped`):
+    the first `user_rows` rows hold the request-level features of each user, the next
+    `batch_size` rows each candidate's item features, and ``group[b]`` is candidate b's user row;
+    `group` never decreases (users keep the order of their candidates), which `slice_rows` uses.
+    """
 
     sparse: KeyedJaggedTensor
-    dense: torch.Tensor  # [batch, dense width] float32: scalars, then vector blocks (dense_layout)
+    dense: torch.Tensor  # [rows, dense width] float32: scalars, then vector blocks (dense_layout)
+    group: torch.Tensor | None = None  # [candidates] int64 user row of each candidate (grouped)
     _row_offsets: torch.Tensor | None = field(default=None, repr=False)  # [keys, rows + 1], lazy
 
     @property
     def batch_size(self) -> int:
-        return int(self.dense.shape[0])
+        """Candidates (the rows that get scores)."""
+        return int(self.dense.shape[0] if self.group is None else self.group.shape[0])
+
+    @property
+    def user_rows(self) -> int:
+        """Rows holding users' request-level features (0 per row)."""
+        return int(self.dense.shape[0]) - self.batch_size
 
     def slice_rows(self, start: int, stop: int) -> FeatureBatch:
-        """Rows [start, stop) as a new batch (cheap: one slice per key, no re-transform).
+        """Candidates [start, stop) as a new batch (cheap: one slice per key, no re-transform);
+        grouped, with the user rows they read.
 
         The reader transforms a whole window of rows at once, which amortises the per-call cost of
-        the columnar kernels, then hands out training batches with this.
+        the columnar kernels, then hands out training batches with this; the server cuts a large
+        merged batch into forwards of bounded size.
         """
+        if self.group is None:
+            return FeatureBatch(sparse=self._take([(start, stop)]), dense=self.dense[start:stop])
+        u = self.user_rows
+        group = self.group[start:stop]
+        lo, hi = (int(group[0]), int(group[-1]) + 1) if stop > start else (0, 0)
+        ranges = [(lo, hi), (u + start, u + stop)]
+        return FeatureBatch(
+            sparse=self._take(ranges),
+            dense=torch.cat([self.dense[lo:hi], self.dense[u + start : u + stop]]),
+            group=group - lo,
+        )
+
+    def _take(self, ranges: Sequence[tuple[int, int]]) -> KeyedJaggedTensor:
+        """The KJT of the rows in `ranges` (in that order), each key's values sliced, not gathered."""
         keys = self.sparse.keys()
-        n = self.batch_size
-        lengths = self.sparse.lengths().view(len(keys), n)
+        rows = int(self.dense.shape[0])
+        lengths = self.sparse.lengths().view(len(keys), rows)
         if self._row_offsets is None:
-            per_key = torch.zeros(len(keys), n + 1, dtype=torch.int64)
+            per_key = torch.zeros(len(keys), rows + 1, dtype=torch.int64)
             torch.cumsum(lengths, dim=1, out=per_key[:, 1:])
             base = torch.zeros(len(keys), 1, dtype=torch.int64)
             base[1:, 0] = torch.cumsum(per_key[:-1, -1], dim=0)
             self._row_offsets = per_key + base
-        lo = self._row_offsets[:, start].tolist()
-        hi = self._row_offsets[:, stop].tolist()
         values = self.sparse.values()
-        sparse = KeyedJaggedTensor(
+        bounds = [(self._row_offsets[:, a].tolist(), self._row_offsets[:, b].tolist()) for a, b in ranges]
+        parts = [values[lo[k] : hi[k]] for k in range(len(keys)) for lo, hi in bounds]
+        return KeyedJaggedTensor(
             keys=keys,
-            values=torch.cat([values[a:b] for a, b in zip(lo, hi, strict=True)]),
-            lengths=lengths[:, start:stop].reshape(-1),
-            stride=stop - start,
+            values=torch.cat(parts) if parts else values[:0],
+            lengths=torch.cat([lengths[:, a:b] for a, b in ranges], dim=1).reshape(-1),
+            stride=sum(b - a for a, b in ranges),
         )
-        return FeatureBatch(sparse=sparse, dense=self.dense[start:stop])
 
     @staticmethod
     def concat(batches: Sequence[FeatureBatch]) -> FeatureBatch:
         """Stack batches with the same keys row-wise (the server merges concurrent requests into one
-        forward with this). One split + one cat per key: no loop over rows."""
+        forward with this). One split + one cat per key: no loop over rows. Grouped batches stay
+        grouped: every batch's user rows first, then every batch's candidates."""
         if len(batches) == 1:
             return batches[0]
         keys = batches[0].sparse.keys()
-        per_key_values: list[list[torch.Tensor]] = [[] for _ in keys]
-        per_key_lengths: list[list[torch.Tensor]] = [[] for _ in keys]
+        grouped = batches[0].group is not None
+        if any((b.group is not None) != grouped for b in batches):
+            raise ValueError("cannot concatenate grouped and per-row feature batches")
+        # per key, the pieces of values and lengths in row order: (users of each batch, then
+        # candidates of each batch) grouped, or each batch's rows per row
+        sections = 2 if grouped else 1
+        per_key_values: list[list[list[torch.Tensor]]] = [[[] for _ in range(sections)] for _ in keys]
+        per_key_lengths: list[list[list[torch.Tensor]]] = [[[] for _ in range(sections)] for _ in keys]
         for b in batches:
             if b.sparse.keys() != keys:
                 raise ValueError("cannot concatenate feature batches with different keys")
-            lengths = b.sparse.lengths().view(len(keys), b.batch_size)
-            counts = lengths.sum(dim=1).tolist()
-            for k, (v, ln) in enumerate(zip(b.sparse.values().split(counts), lengths, strict=True)):
-                per_key_values[k].append(v)
-                per_key_lengths[k].append(ln)
-        n = sum(b.batch_size for b in batches)
-        sparse = KeyedJaggedTensor(
-            keys=keys,
-            values=torch.cat([t for vs in per_key_values for t in vs]),
-            lengths=torch.cat([t for ls in per_key_lengths for t in ls]),
-            stride=n,
+            rows = int(b.dense.shape[0])
+            lengths = b.sparse.lengths().view(len(keys), rows)
+            cut = b.user_rows if grouped else rows
+            head, tail = lengths[:, :cut].sum(dim=1).tolist(), lengths[:, cut:].sum(dim=1).tolist()
+            counts = [c for pair in zip(head, tail, strict=True) for c in pair]
+            pieces = b.sparse.values().split(counts)
+            for k in range(len(keys)):
+                per_key_values[k][0].append(pieces[2 * k])
+                per_key_lengths[k][0].append(lengths[k, :cut])
+                if grouped:
+                    per_key_values[k][1].append(pieces[2 * k + 1])
+                    per_key_lengths[k][1].append(lengths[k, cut:])
+        flat_values = [t for key in per_key_values for sec in key for t in sec]
+        flat_lengths = [t for key in per_key_lengths for sec in key for t in sec]
+        dense_parts = [b.dense[: b.user_rows] for b in batches] + [b.dense[b.user_rows :] for b in batches]
+        group = None
+        if grouped:
+            offsets = np.cumsum([0] + [b.user_rows for b in batches[:-1]]).tolist()
+            group = torch.cat([b.group + off for b, off in zip(batches, offsets, strict=True)])  # type: ignore[operator]
+        dense = torch.cat(dense_parts)
+        return FeatureBatch(
+            sparse=KeyedJaggedTensor(
+                keys=keys,
+                values=torch.cat(flat_values),
+                lengths=torch.cat(flat_lengths),
+                stride=int(dense.shape[0]),
+            ),
+            dense=dense,
+            group=group,
         )
-        return FeatureBatch(sparse=sparse, dense=torch.cat([b.dense for b in batches]))
 
 
 def _column(columns: Columns, name: str) -> pa.Array:
@@ -197,6 +249,7 @@ class FeatureTransform:
         self.dense_names: list[str] = [f.name for f in self.dense_features]
         self.dense_layout = dense_layout(self.features)
         self.dense_width: int = sum(f.dense_width for f in (*self.dense_features, *self.vector_features))
+        self._spec: dict[str, FeatureSpec] = {f.name: f for f in self.features}
         self._salts = {f.name: salt_for(f.table_name) for f in self.sparse_features}
         self._vocab: dict[str, pa.Array] = {
             f.name: pa.array(f.vocabulary, type=self._value_arrow_type(f))
@@ -240,7 +293,8 @@ class FeatureTransform:
 
     # ---- the transform ----
     def __call__(self, columns: Columns, shared: Mapping[str, Any] | None = None) -> FeatureBatch:
-        """Transform rows.
+        """Transform rows, one model row per row (what training, evaluation and models exported
+        before grouped batches read).
 
         Args:
             columns: one value per row for each input column (a pyarrow Table/RecordBatch or a
@@ -250,54 +304,125 @@ class FeatureTransform:
                 request hashes its user's behaviour sequences once, not 2,000 times. A column given
                 here is not read from `columns`.
         """
-        shared = shared or {}
+        return self._transform(columns, shared or {}, grouped=False)
+
+    def grouped(self, columns: Columns, shared: Mapping[str, Any] | None = None) -> FeatureBatch:
+        """Transform rows into a grouped batch (`FeatureBatch.group`), what an exported model's
+        `forward_grouped` reads: U user rows holding the request-level (user and context)
+        features, then one row per candidate holding the item features.
+
+        When every request-level feature is in `shared` (a score request that sends the user once),
+        U = 1: the user's features are transformed, looked up and multiplied once for all the
+        candidates. Otherwise (a file of rows, or a request that sends a user feature per
+        candidate) each row is its own user: U = the number of rows, the same work as `__call__`.
+        Arguments as in `__call__`.
+        """
+        return self._transform(columns, shared or {}, grouped=True)
+
+    def as_grouped(self, batch: FeatureBatch) -> FeatureBatch:
+        """A per-row batch (`__call__`) in the grouped layout with one user per row: what `grouped`
+        gives for the same rows, without transforming them again (the values stay where they are;
+        each key's lengths move to the user rows or the candidate rows)."""
+        if batch.group is not None:
+            return batch
+        n = batch.batch_size
+        keys = batch.sparse.keys()
+        lengths = batch.sparse.lengths().view(len(keys), n)
+        none = torch.zeros_like(lengths)
+        request_level = torch.tensor([self._spec[k].request_level for k in keys], dtype=torch.bool)
+        placed = torch.where(
+            request_level.unsqueeze(1), torch.cat([lengths, none], dim=1), torch.cat([none, lengths], dim=1)
+        )
+        sparse = KeyedJaggedTensor(
+            keys=keys, values=batch.sparse.values(), lengths=placed.reshape(-1), stride=2 * n
+        )
+        # each row's dense values on both sides: the model reads a side's own columns only
+        dense = torch.cat([batch.dense, batch.dense])
+        return FeatureBatch(sparse=sparse, dense=dense, group=torch.arange(n, dtype=torch.int64))
+
+    def request_of(self, columns: Columns) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`columns` as a score request for one user: each request-level feature's first value
+        sent once (`shared`), every other column per row. (Export checks, warm-up and benchmarks
+        build requests from rows with it.)"""
+        once = {f.source for f in self.features if f.request_level}
+        names = columns.schema.names if isinstance(columns, pa.Table | pa.RecordBatch) else list(columns)
+        per_row = {c: _column(columns, c) for c in names if c not in once}
+        shared = {c: _column(columns, c).slice(0, 1) for c in names if c in once}
+        return per_row, shared
+
+    def _transform(self, columns: Columns, shared: Mapping[str, Any], grouped: bool) -> FeatureBatch:
         n = _num_rows(columns)
         # Lengths are checked against the per-row columns first; shared columns follow that count.
         if n is None:
             n = next((len(_column(columns, f.source)) for f in self.features if f.source not in shared), None)
         if n is None:
             raise TransformError("(batch)", "no per-row feature columns given")
+        # request-level features once (U = 1) when all of them came once; else one user per row
+        once = grouped and all(f.source in shared for f in self.features if f.request_level)
+        users = 1 if once else n
+
+        def place(f: FeatureSpec, rows: np.ndarray, per_row: int) -> np.ndarray:
+            """`rows` (one entry per user or per candidate) at their place in the batch's rows:
+            per row as they are; grouped, users' entries first, then candidates', the other side
+            zero (an empty list, a zero column)."""
+            if not grouped:
+                return rows
+            pad = np.zeros((per_row, *rows.shape[1:]), rows.dtype)
+            return np.concatenate([rows, pad] if f.request_level else [pad, rows])
+
+        def count(f: FeatureSpec) -> int:  # rows this feature has: users or candidates
+            return users if grouped and f.request_level else n
+
         values: list[np.ndarray] = []
         lengths: list[np.ndarray] = []
         for f in self.sparse_features:
             with _naming(f):
                 if f.source in shared:
                     v, ln = self._sparse(f, self._one(shared, f))
-                    v, ln = np.tile(v, n), np.repeat(ln, n)
+                    if count(f) > 1:
+                        v, ln = np.tile(v, count(f)), np.repeat(ln, count(f))
                 else:
                     col = _column(columns, f.source)
                     n = self._check_len(f, col, n)
                     v, ln = self._sparse(f, col)
             values.append(v)
-            lengths.append(ln)
+            lengths.append(place(f, ln, n if f.request_level else users))
         dense_cols: list[np.ndarray] = []
         for f in self.dense_features:
             with _naming(f):
                 if f.source in shared:
-                    dense_cols.append(np.repeat(self._dense(f, self._one(shared, f)), n))
+                    x = np.repeat(self._dense(f, self._one(shared, f)), count(f))
                 else:
                     col = _column(columns, f.source)
                     n = self._check_len(f, col, n)
-                    dense_cols.append(self._dense(f, col))
+                    x = self._dense(f, col)
+            dense_cols.append(place(f, x, n if f.request_level else users))
         blocks = [np.stack(dense_cols, axis=1)] if dense_cols else []
         for f in self.vector_features:
             with _naming(f):
                 if f.source in shared:
-                    blocks.append(np.repeat(self._vector(f, self._one(shared, f)), n, axis=0))
+                    x = np.repeat(self._vector(f, self._one(shared, f)), count(f), axis=0)
                 else:
                     col = _column(columns, f.source)
                     n = self._check_len(f, col, n)
-                    blocks.append(self._vector(f, col))
-        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
+                    x = self._vector(f, col)
+            blocks.append(place(f, x, n if f.request_level else users))
+        rows = users + n if grouped else n
+        dense = np.concatenate(blocks, axis=1) if blocks else np.zeros((rows, 0), np.float32)
         sparse = KeyedJaggedTensor(
             keys=self.sparse_keys,
             values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, np.int64)),
             lengths=torch.from_numpy(
                 np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)
             ),
-            stride=n,
+            stride=rows,
         )
-        return FeatureBatch(sparse=sparse, dense=torch.from_numpy(dense.astype(np.float32, copy=False)))
+        group = None
+        if grouped:
+            group = torch.zeros(n, dtype=torch.int64) if once else torch.arange(n, dtype=torch.int64)
+        return FeatureBatch(
+            sparse=sparse, dense=torch.from_numpy(dense.astype(np.float32, copy=False)), group=group
+        )
 
     @staticmethod
     def _one(shared: Mapping[str, Any], f: FeatureSpec) -> pa.Array:

@@ -3,9 +3,11 @@
 The event loop only decodes requests and awaits a future; everything heavy (feature transform,
 forward, survival curves) runs here, on one dedicated thread whose torch thread count is set from
 the config. While a forward runs, new requests queue up; the next round takes every queued request
-for the same model, up to `max_batch_candidates`, transforms each (user features once per request,
-see `FeatureTransform.__call__(shared=...)`), concatenates them, runs ONE forward and splits the
-outputs back by row offsets. There is no timer: an idle server runs a lone request immediately, so
+for the same model, up to `max_batch_candidates`, transforms each into a grouped batch (a request's
+user and context features once: one user row for all its candidates, `FeatureTransform.grouped`),
+concatenates them (every request's user row, then every candidate), runs ONE forward, in which each
+user's part is embedded and multiplied once (`MultiTaskModel.forward_grouped`), and splits the
+outputs back by candidate offsets. There is no timer: an idle server runs a lone request immediately, so
 batching adds no latency when there is nothing to batch with.
 
 A merged batch larger than `max_forward_candidates` runs as several forwards of that size, and
@@ -66,7 +68,7 @@ def transform_request(model: LoadedModel, req: ScoreRequest) -> FeatureBatch:
     where the offending column was sent and, where rows are at fault, the candidate (vectors are
     checked before they are queued, `serving.request.check_vectors`, by the same rules)."""
     try:
-        return model.transform(req.candidates, shared=req.features)
+        return model.features(req.candidates, shared=req.features)
     except TransformError as e:
         raise transform_refusal(e, "features" if e.field in req.features else "candidates") from None
     except Exception as e:  # the transform names the column of what it expects; this is a bug
@@ -120,8 +122,9 @@ def score_jobs(
 def _forward(
     model: LoadedModel, batch: FeatureBatch, chunk: int | None, between: Callable[[], None] | None
 ) -> dict[str, torch.Tensor]:
-    """The model's outputs for `batch`, in forwards of at most `chunk` rows. Rows are independent
-    in every model, so the chunks' outputs concatenated are the whole batch's."""
+    """The model's outputs for `batch`, in forwards of at most `chunk` candidates (each chunk with
+    the user rows its candidates read). Candidates are independent in every model, so the chunks'
+    outputs concatenated are the whole batch's."""
     n = batch.batch_size
     if chunk is None or n <= chunk:
         return model.predict(batch)

@@ -522,7 +522,7 @@ def check_against_model(req: ScoreRequest, model: LoadedModel, limits: Runtime |
     missing = [c for c in needed if c not in req.features and c not in req.candidates]
     if missing:
         # name the place a client would normally send it: user/context once, item per candidate
-        per_request = {f.source for f in model.transform.features if f.group in ("user", "context")}
+        per_request = {f.source for f in model.transform.features if f.request_level}
         where = "features" if missing[0] in per_request else "candidates"
         raise RequestError(
             f"{where}.{missing[0]}",

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.calibration import CalibratedModel, load_run_calibration
 from recsys_mtl.checkpoint import LATEST, checkpoints_dir, latest_checkpoint, registry_weights
@@ -128,9 +130,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 
 def eager_outputs(
-    model: torch.nn.Module, transform: FeatureTransform, rows: pa.Table
+    model: Callable[[KeyedJaggedTensor, torch.Tensor], dict[str, torch.Tensor]],
+    transform: FeatureTransform,
+    rows: pa.Table,
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    b = transform(rows)
+    """The eager per-candidate forward on `rows` (with `shared` broadcast to every row)."""
+    b = transform(rows, shared=shared)
     with torch.inference_mode():
         return model(b.sparse, b.dense)
 
@@ -147,11 +153,19 @@ def test_fp32_export_matches_eager_at_several_batch_sizes(exported: Exported) ->
     # model (recsys_mtl/calibration.py): compare with the eager model under the same wrapper
     cal = load_run_calibration(exported.run_dir)
     assert cal is not None and m.manifest["calibration"]["calibrated"]
-    eager = CalibratedModel(exported.run.model, cal)
-    for n in (1, 7, 512, 2000):  # tracing can freeze lengths: several batch sizes
-        rows = exported.eval_day.slice(0, n)
-        want = eager_outputs(eager, exported.run.transform, rows)
-        got = m.score(rows)
+    wrapper = CalibratedModel(exported.run.model, cal)
+
+    def eager(sparse: KeyedJaggedTensor, dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        return wrapper.calibrate(exported.run.model(sparse, dense))
+
+    transform = exported.run.transform
+    # one user per row (a file), and a request: one user's features once for all its candidates
+    cases = [(exported.eval_day.slice(0, n), None) for n in (1, 7, 512, 2000)]
+    cases += [transform.request_of(exported.eval_day.slice(0, n)) for n in (1, 500, 2000)]
+    for rows, shared in cases:  # tracing can freeze lengths: several batch sizes
+        n = len(next(iter(rows.values()))) if isinstance(rows, dict) else rows.num_rows
+        want = eager_outputs(eager, transform, rows, shared)
+        got = m.score(rows, shared=shared)
         for t in BINARY:
             assert got[t].shape == (n,)
             assert float(np.abs(got[t] - want[t].numpy()).max()) <= 1e-5, (n, t)

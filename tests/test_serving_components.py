@@ -244,12 +244,16 @@ def test_worker_merges_concurrent_requests_and_splits_them_back(model) -> None:
     gate = threading.Event()
     # Block the worker inside a first job so the others queue up and get merged.
     first = Job(model=m, request=_request(m, tables[0]), tasks=m.wanted(None))
-    real = m.transform.__call__
+    real = m.transform
 
-    class Blocking:
+    class Blocking:  # the transform, held until the others are queued
         def __call__(self, *a, **k):
             gate.wait(10)
             return real(*a, **k)
+
+        def grouped(self, *a, **k):
+            gate.wait(10)
+            return real.grouped(*a, **k)
 
     worker.start()
     try:

@@ -476,10 +476,11 @@ def test_a_candidate_without_a_vector_scores_as_zeros_plus_the_missing_flag(
             pa.list_(pa.float32(), DIM),
         ),
     )
-    batch = model.transform(zeros)
+    batch = model.features(zeros)
     start, width = model.transform.dense_layout[COL]
-    assert width == DIM + 1 and float(batch.dense[3, start + DIM]) == 0.0
-    batch.dense[3, start + DIM] = 1.0  # the missing indicator
+    row = batch.user_rows + 3  # candidate 3's item features (grouped: after the user rows)
+    assert width == DIM + 1 and float(batch.dense[row, start + DIM]) == 0.0
+    batch.dense[row, start + DIM] = 1.0  # the missing indicator
     want = model.postprocess(model.predict(batch), model.tasks)
     _assert_scores(out, want, model)
     # ... which is not what an actual zero vector scores

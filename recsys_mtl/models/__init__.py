@@ -5,6 +5,9 @@ Public API:
     build_model(recipe, embedding_device=None) -> MultiTaskModel
     MultiTaskModel.forward(sparse: KeyedJaggedTensor, dense: Tensor) -> Dict[str, Tensor]
     MultiTaskModel.forward_with_internals(sparse, dense) -> (outputs, gates, experts)
+    MultiTaskModel.forward_grouped(sparse, dense, group) -> the same outputs per candidate, on a
+        grouped batch (user rows, then candidate rows): what is exported (docs/METHODS.md,
+        "User-side work once")
     total_loss(recipe, outputs, targets) -> (loss, {task: loss})
     expert_diagnostics(model, batches, zero_threshold=1e-6) -> JSON-able dict
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recsys_mtl.models.user_once import Input, dense
+
 
 class CrossLayer(nn.Module):
     """One DCN-v2 cross: x0 * (W x + b) + x, W full rank or U V of rank ``rank``."""
@@ -51,7 +53,8 @@ class CrossNetwork(nn.Module):
         self.in_dim = dim
         self.out_dim = dim
 
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x0: Input) -> torch.Tensor:
+        x0 = dense(x0)  # x0 * (W x + b) is not linear in x: per candidate
         x = x0
         for layer in self.layers:
             x = layer(x0, x)

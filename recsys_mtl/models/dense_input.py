@@ -41,6 +41,18 @@ class DenseInput(nn.Module):
             [nn.Linear(layout[f.name][1], int(f.embedding_dim or 0)) for f in vectors]
         )
         self.out_dim: int = self.num_scalars + sum(int(f.embedding_dim or 0) for f in vectors)
+        # per output column: does it come from a request-level (user/context) feature? Each output
+        # column reads one feature, so a grouped batch can take it from that feature's rows.
+        self.out_request_level: list[bool] = [f.request_level for f in features if f.kind == "dense"] + [
+            f.request_level for f in vectors for _ in range(int(f.embedding_dim or 0))
+        ]
+        # the same for the raw input columns (`dense_layout`), which the towers' side inputs read
+        raw = [False] * sum(w for _, w in layout.values())
+        for f in features:
+            if f.name in layout and f.request_level:
+                start, width = layout[f.name]
+                raw[start : start + width] = [True] * width
+        self.raw_request_level: list[bool] = raw
         # training-only noise on each vector's values (not on its missing flag), per column
         noise = torch.zeros(sum(f.dense_width for f in features if f.kind in ("dense", "vector")))
         for f in vectors:

@@ -127,6 +127,11 @@ class SparseArch(nn.Module):
             int(recipe.feature(n).embedding_dim or 0) for n in self.sequence_names
         ]
         self.sequence_lens: list[int] = [int(recipe.feature(n).max_len or 0) for n in self.sequence_names]
+        # user/context features (one value per request) vs item features: `MultiTaskModel.forward_grouped`
+        self.field_request_level: list[bool] = [recipe.feature(n).request_level for n in self.field_names]
+        self.sequence_request_level: list[bool] = [
+            recipe.feature(n).request_level for n in self.sequence_names
+        ]
         # (name, kind, max_len, mean?) of unpooled-table fields, for the loop in forward
         self._ec_fields: list[tuple[str, str, int, bool]] = [
             (f.name, f.kind, int(f.max_len or 1), f.pooling == "mean")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_mtl.models.experts import Expert, GatedExpert
+from recsys_mtl.models.user_once import Input, dense, linear
 
 
 def _uniform_(t: torch.Tensor, fan_in: int) -> None:
@@ -130,29 +131,30 @@ class ExpertBank(nn.Module):
         self.legacy_up = up
         self.legacy_gated_layout = gated_layout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Input) -> torch.Tensor:
         if not self.training:  # FX traces in eval mode: the exported graph is `_inference`
             return self._inference(x)
-        return self._batched(x)
+        return self._batched(dense(x))
 
-    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _inference(self, x: Input) -> torch.Tensor:
         """The same function in the form that is fastest without autograd on a CPU: a first layer on
         a shared input is one product for all experts ([B, in] @ [in, k * h0], F.linear, which
         TorchScript keeps whole), then each expert's later layers on its own [B, h] block. Batched
         products over [k, B, h] would stream k times the activations through the cache at each
         layer; at 2,000 rows (4 MB per layer) that made the exported forward 1.3-1.8x slower
-        (docs/BENCHMARKS.md, "Batched experts")."""
+        (docs/BENCHMARKS.md, "Batched experts"). On a grouped batch (`UserOnce`) that first
+        product multiplies the user's columns once per user."""
         k, h0 = self.num_experts, self.hidden[0]
         first: torch.Tensor | None = None
         if not self.gated and not self.per_expert_input:
             w0 = self.weights[0].permute(0, 2, 1).reshape(k * h0, self.in_dim)  # [k * h0, in]
-            first = F.linear(x, w0, self.biases[0].reshape(-1))  # [B, k * h0]
+            first = linear(x, w0, self.biases[0].reshape(-1))  # [B, k * h0]
         outs: list[torch.Tensor] = []
         for e in range(k):  # k is a build-time constant: FX unrolls the loop
             if first is not None:
                 h = first[:, e * h0 : (e + 1) * h0]
             else:
-                xe = x[e] if self.per_expert_input else x
+                xe = dense(x)[e] if self.per_expert_input else dense(x)
                 if self.gated:
                     xe = xe * (2.0 * torch.sigmoid((xe @ self.gate_down[e]) @ self.gate_up[e]))
                 h = F.linear(xe, self.weights[0][e].t(), self.biases[0][e, 0])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recsys_mtl.models.user_once import Input, linear
+
 
 def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """sum_i weights[:, i] * experts[:, i, :]: [B, n] x [B, n, d] -> [B, d].
@@ -46,8 +48,8 @@ class Gate(nn.Module):
         else:
             self.register_buffer("logit_mask", torch.zeros(num_experts), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(x)
+    def forward(self, x: Input) -> torch.Tensor:
+        logits = linear(x, self.linear.weight, None)
         if self.masked:  # a build-time constant: FX bakes the branch in
             logits = logits + self.logit_mask
         return torch.softmax(logits, dim=-1)
@@ -65,8 +67,8 @@ class SelfGate(nn.Module):
         self.linear = nn.Linear(in_dim, num_experts)
         self.single: bool = num_experts == 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(x)
+    def forward(self, x: Input) -> torch.Tensor:
+        logits = linear(x, self.linear.weight, self.linear.bias)
         if self.single:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=-1)

@@ -37,6 +37,7 @@ from torch import nn
 
 from recsys_mtl.models.expert_bank import ExpertBank, bank_groups
 from recsys_mtl.models.gates import Gate, SelfGate, mix
+from recsys_mtl.models.user_once import Input
 from recsys_mtl.recipe import HoMEOptions
 
 BackboneOut = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
@@ -108,7 +109,7 @@ class _MaskedLevel(nn.Module):
             self.gate_experts[name + "/self"] = [self.expert_names[j] for j in i]
 
     def forward(
-        self, inputs: dict[str, torch.Tensor]
+        self, inputs: dict[str, Input]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         parts = [bank(inputs[k]) for bank, k in zip(self.banks, self.bank_inputs, strict=True)]
         stacked = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [B, n, d]
@@ -199,12 +200,12 @@ class HoME(nn.Module):
         for lvl in levels:
             self.gate_experts.update(lvl.gate_experts)
 
-    def forward(self, x: torch.Tensor) -> BackboneOut:
+    def forward(self, x: Input) -> BackboneOut:
         nodes1, gates, experts = self.level1({"x": x})
         if not self.hierarchy:  # build-time constant
             return {t: nodes1[f"L1/task_{t}"] for t in self.tasks}, gates, experts
         z_sh = nodes1["L1/global"]
-        inputs2: dict[str, torch.Tensor] = {"sh": z_sh}
+        inputs2: dict[str, Input] = {"sh": z_sh}
         for c in self.categories:
             z_c = nodes1[f"L1/cat_{c}"]
             inputs2[f"cat_{c}"] = z_c

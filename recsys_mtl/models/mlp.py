@@ -4,8 +4,9 @@ Where MLPs sit in the model: (docs/METHODS.md, "Notation and the common input").
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from recsys_mtl.models.user_once import Input, UserOnce, linear
 
 
 class MLP(nn.Module):
@@ -35,5 +36,12 @@ class MLP(nn.Module):
         self.in_dim = in_dim
         self.out_dim = d
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: Input) -> Input:
+        if isinstance(x, UserOnce) and len(self.layers) > 0:  # trace-time: a grouped batch
+            first = self.layers[0]
+            assert isinstance(first, nn.Linear)
+            h = linear(x, first.weight, first.bias)  # the user's columns multiplied once per user
+            for layer in self.layers[1:]:
+                h = layer(h)
+            return h
+        return self.layers(x)  # an empty MLP passes a grouped input on as it is

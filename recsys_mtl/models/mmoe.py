@@ -14,6 +14,7 @@ from torch import nn
 
 from recsys_mtl.models.expert_bank import ExpertBank
 from recsys_mtl.models.gates import Gate, mix
+from recsys_mtl.models.user_once import Input
 
 BackboneOut = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -45,7 +46,7 @@ class MMoE(nn.Module):
         self.gate_experts: dict[str, list[str]] = {t: list(self.expert_names) for t in self.tasks}
         self.task_gates: dict[str, str] = {t: t for t in self.tasks}
 
-    def forward(self, x: torch.Tensor) -> BackboneOut:
+    def forward(self, x: Input) -> BackboneOut:
         stacked = self.experts(x)  # [B, n, d]
         reprs: dict[str, torch.Tensor] = {}
         gates: dict[str, torch.Tensor] = {}

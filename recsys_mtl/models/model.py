@@ -15,6 +15,14 @@ same in training, evaluation and export (FX-traceable with `torchrec.fx.symbolic
 outputs that `recsys_mtl.models.diagnostics` summarises; `forward` simply drops them, so the
 exported graph carries no diagnostic outputs.
 
+`forward_grouped(sparse, dense, group)` is the same function on a grouped batch: U user rows holding
+the request-level (user and context) features, then B candidate rows holding the item features,
+``group[b]`` the user row of candidate b. The user's embeddings are looked up and pooled once per
+user, and the first layers that are linear in the input multiply the user's columns once per user
+(`recsys_mtl.models.user_once`); the outputs are the per-candidate ones, [B] / [B, L]. This is the
+form that is exported (`ExportedForm`): training runs `forward`, serving the same modules through
+`forward_grouped`, and tests hold both equal (docs/METHODS.md, "User-side work once").
+
 The common input, towers and task options: (docs/METHODS.md, "Notation and the common input").
 """
 
@@ -34,6 +42,7 @@ from recsys_mtl.models.mlp import MLP
 from recsys_mtl.models.mmoe import MMoE
 from recsys_mtl.models.ple import PLE
 from recsys_mtl.models.shared_bottom import SharedBottom
+from recsys_mtl.models.user_once import UserOnce
 from recsys_mtl.recipe import (
     DTRNOptions,
     HoMEOptions,
@@ -123,6 +132,46 @@ class MultiTaskModel(nn.Module):
         # the head tasks the backbone builds a representation for (`reads_backbone` true)
         self.backbone_tasks: list[str] = list(head_tasks if backbone_tasks is None else backbone_tasks)
         self.model_type: str = model_type
+        self._set_grouping()
+
+    def _set_grouping(self) -> None:
+        """Which parts of the input are request-level, for `forward_grouped` (build-time lists and
+        non-persistent buffers derived from the recipe: state dicts stay as they were)."""
+        arch = self.sparse_arch
+        self.field_request_level: list[bool] = list(arch.field_request_level)
+        self.sequence_request_level: list[bool] = list(arch.sequence_request_level)
+        if isinstance(self.dense_input, DenseInput):
+            shared_rl = list(self.dense_input.out_request_level)
+            raw_rl = list(self.dense_input.raw_request_level)
+        else:  # pragma: no cover - build_model always passes a DenseInput
+            shared_rl, raw_rl = [], []
+        self.user_fields: list[int] = [i for i, rl in enumerate(self.field_request_level) if rl]
+        self.item_fields: list[int] = [i for i, rl in enumerate(self.field_request_level) if not rl]
+        self.has_user_dense: bool = any(shared_rl)
+        self.has_item_dense: bool = not all(shared_rl)
+        # columns of x = cat([*fields, dense_input(dense)]) that are request-level, and the others
+        user_cols: list[int] = []
+        item_cols: list[int] = []
+        pos = 0
+        for rl, d in zip(self.field_request_level, arch.field_dims, strict=True):
+            (user_cols if rl else item_cols).extend(range(pos, pos + d))
+            pos += d
+        for j, rl in enumerate(shared_rl):
+            (user_cols if rl else item_cols).append(pos + j)
+        order = [0] * (len(user_cols) + len(item_cols))
+        for k, c in enumerate(item_cols + user_cols):
+            order[c] = k
+
+        def buffer(name: str, values: list[int] | list[bool], dtype: torch.dtype) -> None:
+            self.register_buffer(name, torch.tensor(values, dtype=dtype), persistent=False)
+
+        buffer("x_user_cols", user_cols, torch.long)
+        buffer("x_item_cols", item_cols, torch.long)
+        buffer("x_order", order, torch.long)
+        buffer("dense_user_cols", [j for j, rl in enumerate(shared_rl) if rl], torch.long)
+        buffer("dense_item_cols", [j for j, rl in enumerate(shared_rl) if not rl], torch.long)
+        buffer("dense_request_level", shared_rl, torch.bool)
+        buffer("raw_request_level", raw_rl, torch.bool)
 
     # metadata for diagnostics (plain Python, never part of the traced graph)
     @property
@@ -150,13 +199,91 @@ class MultiTaskModel(nn.Module):
             reprs, gates, experts = self.backbone(x)
         else:
             reprs, gates, experts = self.backbone(fields, sequences, masks, shared_dense)
+        return self._towers_and_heads(reprs, dense), gates, experts
+
+    def forward_grouped(
+        self, sparse: KeyedJaggedTensor, dense: torch.Tensor, group: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        outputs, _, _ = self.forward_grouped_with_internals(sparse, dense, group)
+        return outputs
+
+    def forward_grouped_with_internals(
+        self, sparse: KeyedJaggedTensor, dense: torch.Tensor, group: torch.Tensor
+    ) -> Internals:
+        """`forward_with_internals` on a grouped batch (module docstring): `sparse` and `dense`
+        hold U + B rows (users first), `group` [B] int64 the user row of each candidate."""
+        fields, sequences, masks = self.sparse_arch(sparse)  # one lookup for users and candidates
+        b = group.size(0)
+        u = dense.size(0) - b
+
+        def per_candidate(t: torch.Tensor, request_level: bool) -> torch.Tensor:
+            # a request-level part is gathered from its user's row, an item part read as it is
+            return t.narrow(0, 0, u).index_select(0, group) if request_level else t.narrow(0, u, b)
+
+        # the raw dense columns per candidate (the towers' side inputs read them)
+        raw = torch.where(
+            self.raw_request_level, dense.narrow(0, 0, u).index_select(0, group), dense.narrow(0, u, b)
+        )
+        shared_dense = self.dense_input(dense)  # [U + B, width]: each row's own columns are right
+        if self.flat_input:
+            user_parts = [fields[i].narrow(0, 0, u) for i in self.user_fields]
+            item_parts = [fields[i].narrow(0, u, b) for i in self.item_fields]
+            if self.has_user_dense:  # build-time flags
+                user_parts.append(shared_dense.narrow(0, 0, u).index_select(1, self.dense_user_cols))
+            if self.has_item_dense:
+                item_parts.append(shared_dense.narrow(0, u, b).index_select(1, self.dense_item_cols))
+            x = UserOnce(
+                _cat_columns(user_parts, u, dense),
+                _cat_columns(item_parts, b, dense),
+                group,
+                self.x_user_cols,
+                self.x_item_cols,
+                self.x_order,
+            )
+            reprs, gates, experts = self.backbone(self.bottom(x))
+        else:  # DTRN: its input is per candidate throughout; the lookups were once per user
+            reprs, gates, experts = self.backbone(
+                [per_candidate(f, rl) for f, rl in zip(fields, self.field_request_level, strict=True)],
+                [per_candidate(s, rl) for s, rl in zip(sequences, self.sequence_request_level, strict=True)],
+                [per_candidate(m, rl) for m, rl in zip(masks, self.sequence_request_level, strict=True)],
+                torch.where(
+                    self.dense_request_level,
+                    shared_dense.narrow(0, 0, u).index_select(0, group),
+                    shared_dense.narrow(0, u, b),
+                ),
+            )
+        return self._towers_and_heads(reprs, raw), gates, experts
+
+    def _towers_and_heads(
+        self, reprs: dict[str, torch.Tensor], dense: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per head task its tower on (representation, side features of the raw `dense`), then the heads."""
         towers: dict[str, torch.Tensor] = {}
         for t in self.head_tasks:  # a build-time list: FX unrolls it, TorchScript sees no branch
             # a task that does not read the backbone has no representation there: its
             # TowerInput takes the side features from `dense` alone
             rep = reprs[t] if t in self.backbone_tasks else dense
             towers[t] = self.towers[t](self.tower_inputs[t](rep, dense))
-        return self.heads(towers), gates, experts
+        return self.heads(towers)
+
+
+class ExportedForm(MultiTaskModel):
+    """The model as it is exported: `forward` is `forward_grouped` (what `torch.fx` traces is a
+    class's `forward`). `recsys_mtl.export` gives a copy of the trained model this class; the
+    modules, parameters and their names are the model's own."""
+
+    def forward(  # type: ignore[override]
+        self, sparse: KeyedJaggedTensor, dense: torch.Tensor, group: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return self.forward_grouped(sparse, dense, group)
+
+
+def _cat_columns(parts: list[torch.Tensor], rows: int, like: torch.Tensor) -> torch.Tensor:
+    """The parts side by side; no part is a [rows, 0] tensor (a recipe without request-level or
+    without item features)."""
+    if not parts:  # build-time: the list's length is fixed by the recipe
+        return like.new_zeros(rows, 0)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _candidate_fields(recipe: Recipe, arch: SparseArch) -> list[int]:

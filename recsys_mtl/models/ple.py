@@ -20,6 +20,7 @@ from torch import nn
 
 from recsys_mtl.models.expert_bank import ExpertBank
 from recsys_mtl.models.gates import Gate, mix
+from recsys_mtl.models.user_once import Input
 
 BackboneOut = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -69,8 +70,8 @@ class _Extraction(nn.Module):
             ] + self.shared_names
 
     def forward(
-        self, task_in: dict[str, torch.Tensor], shared_in: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        self, task_in: dict[str, Input], shared_in: Input
+    ) -> tuple[dict[str, torch.Tensor], Input, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         p = f"L{self.level}/"
         experts: dict[str, torch.Tensor] = {}
         gates: dict[str, torch.Tensor] = {}
@@ -129,8 +130,8 @@ class PLE(nn.Module):
             self.gate_experts.update(lvl.gate_experts)
         self.task_gates: dict[str, str] = {t: f"L{num_levels}/{t}" for t in self.tasks}
 
-    def forward(self, x: torch.Tensor) -> BackboneOut:
-        task_in: dict[str, torch.Tensor] = {t: x for t in self.tasks}
+    def forward(self, x: Input) -> BackboneOut:
+        task_in: dict[str, Input] = {t: x for t in self.tasks}
         shared_in = x
         gates: dict[str, torch.Tensor] = {}
         experts: dict[str, torch.Tensor] = {}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from recsys_mtl.models.mlp import MLP
+from recsys_mtl.models.user_once import Input, dense
 
 
 class SharedBottom(nn.Module):
@@ -27,9 +28,9 @@ class SharedBottom(nn.Module):
         self.task_gates: dict[str, str] = {}
 
     def forward(
-        self, x: torch.Tensor
+        self, x: Input
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        h = self.bottom(x)
+        h = dense(self.bottom(x))  # an empty MLP hands a grouped input back as it is
         reprs: dict[str, torch.Tensor] = {t: h for t in self.tasks}
         empty: dict[str, torch.Tensor] = {}
         return reprs, empty, dict(empty)
