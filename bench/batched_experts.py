@@ -47,14 +47,19 @@ table = pq.read_table(data)
 out = {"code": recsys_mtl.__file__}
 with torch.inference_mode():
     for n in (500, 2000):
-        batch = model.transform(table.slice(0, n).select(model.input_columns))
-        fwd = model.artifact.forward
+        rows = table.slice(0, n).select(model.input_columns)
+        if hasattr(model, "features"):  # trees with grouped batches: one user per row, as before
+            batch = model.features(rows)
+            fwd = lambda: model.artifact.forward(batch)
+        else:
+            batch = model.transform(rows)
+            fwd = lambda: model.artifact.forward(batch.sparse, batch.dense)
         for _ in range(5):
-            fwd(batch.sparse, batch.dense)
+            fwd()
         times = []
         for _ in range(calls):
             t0 = time.perf_counter()
-            fwd(batch.sparse, batch.dense)
+            fwd()
             times.append((time.perf_counter() - t0) * 1000)
         out[str(n)] = statistics.median(times)
 print(json.dumps(out))

@@ -60,15 +60,14 @@ reg, name, data, threads, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys
 apply_thread_policy(threads)
 model = load_model(reg, name)
 table = pq.read_table(data).slice(0, 500)
-batch = model.transform(table.select(model.input_columns))
-fwd = model.artifact.forward
+batch = model.features(table.select(model.input_columns))  # one user per row, as measured before
 with torch.inference_mode():
     for _ in range(10):
-        fwd(batch.sparse, batch.dense)
+        model.predict(batch)
     times = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        fwd(batch.sparse, batch.dense)
+        model.predict(batch)
         times.append((time.perf_counter() - t0) * 1000)
 print(json.dumps({"ms": statistics.median(times)}))
 """

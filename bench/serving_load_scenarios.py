@@ -216,9 +216,9 @@ def in_process(model: LoadedModel, reqs: list[Request], calls: int) -> dict[str,
     out["decode_arrow_ms"] = _median_ms(lambda i: decode(reqs[i % k].arrow_body, ARROW_STREAM, limits), calls)
     decoded = [decode(r.json_body, JSON, limits) for r in reqs]
     out["check_ms"] = _median_ms(lambda i: check_against_model(decoded[i % k], model), calls)
-    batches = [model.transform(cands[i], shared=shared[i]) for i in range(k)]
+    batches = [model.features(cands[i], shared=shared[i]) for i in range(k)]
     out["transform_shared_ms"] = _median_ms(
-        lambda i: model.transform(cands[i % k], shared=shared[i % k]), calls
+        lambda i: model.features(cands[i % k], shared=shared[i % k]), calls
     )
     out["forward_ms"] = _median_ms(lambda i: model.predict(batches[i % k]), calls)
     raw = [model.predict(b) for b in batches]

@@ -111,9 +111,9 @@ def in_process(model: LoadedModel, bodies: dict[str, list[bytes]], calls: int) -
         check_against_model(r, model, limits)
     k = len(reqs)
     out["transform_ms"] = median_ms(
-        lambda i: model.transform(reqs[i % k].candidates, shared=reqs[i % k].features), calls
+        lambda i: model.features(reqs[i % k].candidates, shared=reqs[i % k].features), calls
     )
-    batches = [model.transform(r.candidates, shared=r.features) for r in reqs]
+    batches = [model.features(r.candidates, shared=r.features) for r in reqs]
     out["forward_ms"] = median_ms(lambda i: model.predict(batches[i % k]), calls)
     return out
 
