@@ -483,6 +483,13 @@ class TrainingSpec(_Strict):
         "environment decides), or a spin count. Read by the command line before torch loads; "
         "OMP_WAIT_POLICY / GOMP_SPINCOUNT / RECSYS_MTL_OMP_POLICY in the environment win.",
     )
+    adapt_threads: bool = Field(
+        default=True,
+        description="Time every step and use fewer intra-op threads while other processes compete "
+        "for the CPUs (recsys_mtl/thread_governor.py): the threads given (--threads, or the CPUs "
+        "available) are the most it uses. Single-process runs only; with --nproc each rank keeps "
+        "its share. False: a fixed count.",
+    )
     allow_untrained_tasks: bool = Field(
         default=False,
         description="False: a run in which a task with a loss weight keeps no training label (or "

@@ -15,6 +15,9 @@ job beside the server) decide it (docs/BENCHMARKS.md, "Throughput on a shared ma
   wait (OMP_WAIT_POLICY or GOMP_SPINCOUNT given by the user), RECSYS_MTL_OMP_POLICY says another
   policy, or the recipe (`training.omp_wait`) or serving config (`runtime.omp_wait`) does.
 
+The waiting is fixed for the life of the process; the thread count is not: a training run adapts it
+to the machine as it goes (`recsys_mtl/thread_governor.py`), within the count chosen here.
+
 libgomp reads its variables once, when torch loads it: `configure_openmp` must run before the first
 `import torch`, which is why the command line calls it first thing (`recsys_mtl.cli.main`) and
 every subcommand imports torch lazily. This module imports torch only inside functions.

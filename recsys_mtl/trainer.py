@@ -74,6 +74,7 @@ from recsys_mtl.partitions import DataError, inspect_partitions, list_partitions
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe, recipe_from_dict
 from recsys_mtl.run import METRICS_FILE, RUN_FILE, count_parameters, read_run_info, write_json_atomic
+from recsys_mtl.thread_governor import ThreadGovernor
 from recsys_mtl.threads import apply_thread_policy
 from recsys_mtl.training_loop import EarlyStopping, TrainingLoop
 from recsys_mtl.training_loop import validation_score as validation_score  # re-exported: public API
@@ -95,6 +96,8 @@ class TrainConfig:
     batch_size: int | None = None  # None: the recipe's
     max_steps: int | None = None  # stop early (smoke tests, benchmarks)
     threads: int | None = None  # torch intra-op threads per rank; None: cores / ranks
+    # False: a fixed thread count; None: the recipe's training.adapt_threads (thread_governor.py)
+    adapt_threads: bool | None = None
     device: str = "cpu"
     overwrite: bool = False
     resume: bool = False  # continue the run in `out` from its latest checkpoint
@@ -396,6 +399,7 @@ def _training_loop(run: _Run, cfg: TrainConfig, ctx: DistContext) -> TrainingLoo
     if cfg.warm_start and latest is None:
         _warm_start(run.model, Path(cfg.warm_start), ctx)
     return TrainingLoop(
+        governor=_thread_governor(run, cfg, ctx),
         recipe=run.recipe,
         ctx=ctx,
         reader=run.reader,
@@ -415,6 +419,17 @@ def _training_loop(run: _Run, cfg: TrainConfig, ctx: DistContext) -> TrainingLoo
         curve=curve,
         elapsed=elapsed,
     )
+
+
+def _thread_governor(run: _Run, cfg: TrainConfig, ctx: DistContext) -> ThreadGovernor | None:
+    """The governor of a single-process CPU run that may adapt its threads (recipe or command
+    line); None keeps the count set at start. Ranks of one job keep theirs: a rank's step time
+    includes waiting for the others, so it cannot tell its own threads' speed."""
+    wanted = cfg.adapt_threads if cfg.adapt_threads is not None else run.recipe.training.adapt_threads
+    if not wanted or ctx.world_size > 1 or cfg.device != "cpu" or run.threads < 2:
+        return None
+    log.info("threads: adaptive, at most %d (fewer while other processes compete for the CPUs)", run.threads)
+    return ThreadGovernor(run.threads)
 
 
 def _warm_start(model: torch.nn.Module, source: Path, ctx: DistContext) -> None:
@@ -491,6 +506,7 @@ def _finished_info(
         **_run_header(run.recipe, run.transform, cfg, run.split),
         "world_size": ctx.world_size,
         "threads_per_rank": run.threads,
+        "thread_governor": loop.governor.summary() if loop.governor else None,
         "batch_size_per_rank": bs,
         "steps": step,
         "epochs": run.epochs,

@@ -27,6 +27,7 @@ from recsys_mtl.label_counts import LabelError
 from recsys_mtl.models import total_loss
 from recsys_mtl.reader import ParquetReader
 from recsys_mtl.recipe import Recipe
+from recsys_mtl.thread_governor import ThreadGovernor
 from recsys_mtl.transform import FeatureTransform
 
 log = logging.getLogger("recsys_mtl.trainer")  # the trainer's log lines, wherever they are written
@@ -181,11 +182,13 @@ class TrainingLoop:
         log_seconds: float = 10.0,
         curve: list[dict[str, float]] | None = None,
         elapsed: float = 0.0,
+        governor: ThreadGovernor | None = None,
     ) -> None:
         self.recipe, self.ctx, self.reader = recipe, ctx, reader
         self.model, self.optimizer, self.table_optimizer = model, optimizer, table_optimizer
         self.optimizers = [optimizer] + ([table_optimizer] if table_optimizer is not None else [])
         self.early = early
+        self.governor = governor  # times each step and sets the thread count of the next
         self.out = out
         self.bs = batch_size
         self.steps_per_epoch = steps_per_epoch
@@ -261,14 +264,18 @@ class TrainingLoop:
             while self.step < self.total_steps:
                 epoch, skip = divmod(self.step, self.steps_per_epoch)
                 self.reader.set_epoch(epoch)
+                started = time.perf_counter()  # a step's time: reading its batch + the step
                 for i, batch in enumerate(self.reader.iter_batches(skip=skip), start=skip):
                     if i >= self.steps_per_epoch or self.step >= self.total_steps:
                         break
                     self._train_step(batch)
+                    if self.governor is not None:
+                        self.governor.after_step(time.perf_counter() - started)
                     self._record_loss(bar)
                     self._log_progress()
                     bar.update(1)
-                    self._after_step(bar)
+                    self._after_step(bar)  # checkpoints and validation: not a step's time
+                    started = time.perf_counter()
             if self._epoch_steps and not self._losses_checked:
                 self._check_losses()  # a run shorter than an epoch (--max-steps): judge what it ran
             if self.early is not None:

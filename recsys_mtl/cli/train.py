@@ -70,7 +70,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="rows per step per rank (default: the recipe's)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--nproc", type=int, default=1, help="local training processes (ranks); default 1")
-    p.add_argument("--threads", type=int, help="torch threads per rank (default: cores / ranks)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per rank (default: the CPUs available / ranks); a single-process run "
+        "uses fewer while other processes compete for the CPUs, unless --fixed-threads",
+    )
+    p.add_argument(
+        "--fixed-threads",
+        action="store_true",
+        help="keep the thread count for the whole run (the recipe's training.adapt_threads: false)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train (default cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument(
@@ -152,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_steps=args.max_steps,
         threads=args.threads,
+        adapt_threads=False if args.fixed_threads else None,
         device=args.device,
         overwrite=args.overwrite,
         progress=not args.no_progress,
