@@ -369,9 +369,11 @@ class _Build:
 
     file: WrittenFile  # the TorchScript archive as staged: its sha256 and size
     artifact: TorchScriptArtifact  # the file loaded back, as the server will load it
-    max_abs_diff: float  # vs the fp32 eager model, over PARITY_BATCH_SIZES
-    user_once_max_abs_diff: float  # eager grouped vs per-candidate forward (`Parity`)
-    outputs: dict[str, torch.Tensor]  # the largest parity batch's outputs (their shapes describe them)
+    parity: Parity  # vs the fp32 eager model over PARITY_BATCH_SIZES, and the outputs' shapes
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.parity.max_abs_diff
 
     @property
     def sha256(self) -> str:
@@ -401,14 +403,7 @@ def _scripted_build(
     del scripted  # int8: its quantized tables; fp32: only module objects
     gc.collect()  # scripted modules hold reference cycles: free them before the load below
     artifact = TorchScriptArtifact.from_path(staged.path / file)  # as the server will load it
-    parity = _parity(model, calibration, artifact, transform)
-    return _Build(
-        file=written,
-        artifact=artifact,
-        max_abs_diff=parity.max_abs_diff,
-        user_once_max_abs_diff=parity.user_once_max_abs_diff,
-        outputs=parity.outputs,
-    )
+    return _Build(file=written, artifact=artifact, parity=_parity(model, calibration, artifact, transform))
 
 
 def _check_fp32_parity(build: _Build) -> None:
@@ -418,10 +413,10 @@ def _check_fp32_parity(build: _Build) -> None:
             f"the TorchScript export differs from the eager model by {build.max_abs_diff:.3g} "
             f"(> {FP32_TOLERANCE:g})"
         )
-    if build.user_once_max_abs_diff > FP32_TOLERANCE:
+    if build.parity.user_once_max_abs_diff > FP32_TOLERANCE:
         raise ExportError(
             f"the grouped forward (user-side work once) differs from the per-candidate forward by "
-            f"{build.user_once_max_abs_diff:.3g} (> {FP32_TOLERANCE:g})"
+            f"{build.parity.user_once_max_abs_diff:.3g} (> {FP32_TOLERANCE:g})"
         )
 
 
@@ -448,7 +443,7 @@ def _manifest(
 ) -> dict[str, Any]:
     """manifest.json of a build (fields: the module docstring), before the caller's extra entries,
     `weights` and `companions` are added."""
-    tasks, grids = _tasks(recipe, build.outputs)
+    tasks, grids = _tasks(recipe, build.parity.outputs)
     return {
         "kind": MANIFEST_KIND,
         "manifest_version": MANIFEST_VERSION,
@@ -469,7 +464,7 @@ def _manifest(
             "signature": "forward(sparse: KeyedJaggedTensor, dense: Tensor[U + N, D], group: Tensor[N]) "
             "-> Dict[str, Tensor]",
         },
-        "outputs": _output_specs(recipe, build.outputs),
+        "outputs": _output_specs(recipe, build.parity.outputs),
         "tasks": tasks,
         "grids": grids,
         "inputs": {
@@ -490,7 +485,7 @@ def _manifest(
             "parity": {
                 "batch_sizes": list(PARITY_BATCH_SIZES),
                 "max_abs_diff": build.max_abs_diff,
-                "user_once_max_abs_diff": build.user_once_max_abs_diff,
+                "user_once_max_abs_diff": build.parity.user_once_max_abs_diff,
             },
         },
         "golden": {

@@ -220,10 +220,12 @@ class MultiTaskModel(nn.Module):
             # a request-level part is gathered from its user's row, an item part read as it is
             return t.narrow(0, 0, u).index_select(0, group) if request_level else t.narrow(0, u, b)
 
+        def per_candidate_columns(t: torch.Tensor, request_level: torch.Tensor) -> torch.Tensor:
+            # the same column by column: [B, width] from a [U + B, width] tensor
+            return torch.where(request_level, per_candidate(t, True), per_candidate(t, False))
+
         # the raw dense columns per candidate (the towers' side inputs read them)
-        raw = torch.where(
-            self.raw_request_level, dense.narrow(0, 0, u).index_select(0, group), dense.narrow(0, u, b)
-        )
+        raw = per_candidate_columns(dense, self.raw_request_level)
         shared_dense = self.dense_input(dense)  # [U + B, width]: each row's own columns are right
         if self.flat_input:
             user_parts = [fields[i].narrow(0, 0, u) for i in self.user_fields]
@@ -246,11 +248,7 @@ class MultiTaskModel(nn.Module):
                 [per_candidate(f, rl) for f, rl in zip(fields, self.field_request_level, strict=True)],
                 [per_candidate(s, rl) for s, rl in zip(sequences, self.sequence_request_level, strict=True)],
                 [per_candidate(m, rl) for m, rl in zip(masks, self.sequence_request_level, strict=True)],
-                torch.where(
-                    self.dense_request_level,
-                    shared_dense.narrow(0, 0, u).index_select(0, group),
-                    shared_dense.narrow(0, u, b),
-                ),
+                per_candidate_columns(shared_dense, self.dense_request_level),
             )
         return self._towers_and_heads(reprs, raw), gates, experts
 
